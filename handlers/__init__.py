@@ -1,0 +1,1 @@
+"""Optimizing TorchServe handlers for CPUs."""

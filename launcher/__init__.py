@@ -1,0 +1,1 @@
+"""Core launcher: one disjoint block of physical cores per TorchServe worker."""

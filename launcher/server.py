@@ -1,0 +1,244 @@
+"""Start, watch and stop one real TorchServe instance on loopback.
+
+Every instance gets its own run directory: TorchServe keeps its pid file in TEMP and
+its logs under the working directory, so two servers (a test and a benchmark, say)
+only coexist when each has its own TEMP and cwd. Addresses are rewritten to free
+127.0.0.1 ports so nothing is ever exposed beyond the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from launcher.properties import read_properties, write_properties
+
+ADDRESS_KEYS = ("inference_address", "management_address", "metrics_address")
+
+
+class ServerError(RuntimeError):
+    """TorchServe did not start, or did not load its models in time."""
+
+
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def loopback_properties(properties: Mapping[str, str]) -> dict[str, str]:
+    """The same settings with each API bound to a fresh 127.0.0.1 port."""
+    rewritten = dict(properties)
+    for key in ADDRESS_KEYS:
+        rewritten[key] = f"http://127.0.0.1:{free_port()}"
+    # gRPC ports default to 7070/7071 and would collide between instances.
+    rewritten["grpc_inference_port"] = str(free_port())
+    rewritten["grpc_management_port"] = str(free_port())
+    return rewritten
+
+
+def venv_bin() -> Path:
+    """The bin folder of the running interpreter's environment.
+
+    TorchServe's frontend runs a bare `python` from PATH (its launcher probe), so this
+    folder must come first on PATH or workers use a different Python.
+    """
+    return Path(sys.executable).parent
+
+
+def http_json(url: str, method: str = "GET", timeout: float = 10.0) -> object:
+    """Decoded JSON body of one request; raises urllib errors unchanged."""
+    request = urllib.request.Request(url, method=method)
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read().decode("utf-8"))
+
+
+@dataclass
+class TorchServe:
+    """Handle on a running TorchServe frontend started by `start`."""
+
+    pid: int
+    run_dir: Path
+    config_path: Path
+    properties: dict[str, str]
+    env: dict[str, str] = field(repr=False)
+
+    @property
+    def inference_url(self) -> str:
+        return self.properties["inference_address"]
+
+    @property
+    def management_url(self) -> str:
+        return self.properties["management_address"]
+
+    @property
+    def metrics_url(self) -> str:
+        return self.properties["metrics_address"]
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        return _proc_state(self.pid) not in ("Z", "X", None)
+
+    def describe(self, model_name: str) -> dict:
+        """TorchServe's own description of one model (first version)."""
+        described = http_json(f"{self.management_url}/models/{model_name}")
+        assert isinstance(described, list)
+        return described[0]
+
+    def models(self) -> list[str]:
+        listed = http_json(f"{self.management_url}/models")
+        assert isinstance(listed, dict)
+        return [entry["modelName"] for entry in listed.get("models", [])]
+
+    def worker_pids(self, model_name: str | None = None) -> list[int]:
+        """Pids of READY workers, of one model or of all models."""
+        names = [model_name] if model_name else self.models()
+        pids: list[int] = []
+        for name in names:
+            for worker in self.describe(name).get("workers", []):
+                if worker.get("status") == "READY" and int(worker.get("pid", -1)) > 0:
+                    pids.append(int(worker["pid"]))
+        return pids
+
+    def wait_ready(self, model_names: Sequence[str], timeout: float = 300.0) -> None:
+        """Block until every worker of every named model reports READY."""
+        deadline = time.monotonic() + timeout
+        pending = list(model_names)
+        while pending:
+            if not self.alive():
+                raise ServerError(f"TorchServe exited during start-up\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise ServerError(
+                    f"models {pending} not READY after {timeout:.0f}s\n{self.log_tail()}"
+                )
+            pending = [name for name in pending if not self._ready(name)]
+            if pending:
+                time.sleep(0.5)
+
+    def _ready(self, model_name: str) -> bool:
+        try:
+            workers = self.describe(model_name).get("workers", [])
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+        return bool(workers) and all(w.get("status") == "READY" for w in workers)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of the frontend and worker logs, for error messages."""
+        parts = []
+        for name in ("ts_log.log", "model_log.log"):
+            path = self.log_dir / name
+            if path.exists():
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+                parts.append(f"--- {path} ---\n" + "\n".join(tail))
+        return "\n".join(parts)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop this instance (and only it) and wait until its frontend is gone."""
+        if not self.alive():
+            return
+        subprocess.run(
+            [str(venv_bin() / "torchserve"), "--stop"],
+            env=self.env,
+            cwd=self.run_dir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+            check=False,
+        )
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if self.alive():  # our own process: safe to end by pid
+            os.kill(self.pid, 9)
+
+    def __enter__(self) -> TorchServe:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _proc_state(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def server_env(run_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for the frontend: own TEMP, logs in run_dir, this venv first on PATH."""
+    env = dict(os.environ)
+    tmp = run_dir / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    env["TEMP"] = str(tmp)
+    env["LOG_LOCATION"] = str(run_dir / "logs")
+    env["METRICS_LOCATION"] = str(run_dir / "logs")
+    env["PATH"] = f"{venv_bin()}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra or {})
+    return env
+
+
+def start(
+    ts_config: Path,
+    model_store: Path,
+    models: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    run_dir: Path | None = None,
+) -> TorchServe:
+    """Start TorchServe with `ts_config` rebound to free loopback ports.
+
+    `models` are `name=file.mar` or `file.mar` entries as for `torchserve --models`.
+    The caller waits with `wait_ready` and must `stop` the returned handle.
+    """
+    run_dir = Path(run_dir or tempfile.mkdtemp(prefix="torchserve-"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    properties = loopback_properties(read_properties(Path(ts_config)))
+    properties["model_store"] = str(Path(model_store).resolve())
+    config_path = run_dir / "config.properties"
+    write_properties(config_path, properties)
+    process_env = server_env(run_dir, env)
+    command = [
+        str(venv_bin() / "torchserve"),
+        "--start",
+        "--ncs",
+        "--ts-config",
+        str(config_path),
+        "--model-store",
+        str(Path(model_store).resolve()),
+    ]
+    if models:
+        command += ["--models", *models]
+    result = subprocess.run(
+        command, env=process_env, cwd=run_dir, capture_output=True, text=True, timeout=120
+    )
+    pid_file = run_dir / "tmp" / ".model_server.pid"
+    if result.returncode != 0 or not pid_file.exists():
+        raise ServerError(
+            f"torchserve --start failed ({result.returncode}): {result.stdout}{result.stderr}"
+        )
+    return TorchServe(
+        pid=int(pid_file.read_text().strip()),
+        run_dir=run_dir,
+        config_path=config_path,
+        properties=properties,
+        env=process_env,
+    )

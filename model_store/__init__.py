@@ -1,0 +1,1 @@
+"""Model definitions, archive configs and the script that builds the .mar files."""
