@@ -1,0 +1,117 @@
+"""Choose the optimized model: build candidates, check them against fp32 eager, fall back.
+
+The rule, in order: the requested preset (at bf16 first when asked), then the same at
+fp32, then eager fp32, which always works. A candidate is kept only if it builds, runs
+and agrees with eager on the example inputs; every rejection is logged with its reason.
+`auto` builds every preset and keeps the fastest that agrees.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from handlers.accuracy import FP32_THRESHOLDS, Agreement, compare
+from handlers.ipex_support import IpexStatus
+from handlers.pipeline import PRESET_STEPS, Inputs, Plan, Stage, StepContext, call_stage, run_steps
+from handlers.settings import GateThresholds, HandlerSettings
+
+log = logging.getLogger(__name__)
+
+AUTO_ORDER = ("default", "compile", "eager")
+
+
+@dataclass(frozen=True)
+class Optimized:
+    """The chosen model plus the story of how it was chosen (for the ready log line)."""
+
+    stage: Stage
+    plan: Plan
+    agreement: Agreement
+    rejected: tuple[str, ...]
+    timings_ms: tuple[tuple[str, float], ...] = ()
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return call_stage(self.stage, inputs)
+
+    @property
+    def dtype(self) -> str:
+        return "bf16" if self.plan.bf16 else "fp32"
+
+
+def candidate_plans(settings: HandlerSettings) -> list[Plan]:
+    """Plans in the order they are tried (auto: all of them, then timed)."""
+    if isinstance(settings.optimize, tuple):
+        names = [("custom", settings.optimize)]
+    elif settings.optimize == "auto":
+        names = [(name, PRESET_STEPS[name]) for name in AUTO_ORDER]
+    else:
+        names = [(settings.optimize, PRESET_STEPS[settings.optimize])]
+    precisions = [True, False] if settings.dtype == "bf16" else [False]
+    plans = [Plan(name, steps, bf16) for name, steps in names for bf16 in precisions]
+    eager = Plan("eager", ())
+    return plans if eager in plans else [*plans, eager]
+
+
+def thresholds_for(plan: Plan, settings: HandlerSettings, classifies: bool) -> GateThresholds:
+    thresholds = settings.gate if plan.bf16 else FP32_THRESHOLDS
+    # top-k agreement only means something for class scores, not embedding dimensions
+    return thresholds if classifies and plan.bf16 else replace(thresholds, min_topk_agreement=0.0)
+
+
+def time_stage(stage: Stage, example: Inputs, iterations: int = 5) -> float:
+    """Median milliseconds per call after two warm-up calls."""
+    for _ in range(2):
+        call_stage(stage, example)
+    samples = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        call_stage(stage, example)
+        samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples)
+
+
+def optimize(
+    model: nn.Module,
+    example: Inputs,
+    settings: HandlerSettings,
+    ipex: IpexStatus,
+    classifies: bool,
+) -> Optimized:
+    """The best candidate for `model` that agrees with its own fp32 eager outputs."""
+    model = model.eval()
+    with torch.no_grad():
+        reference = model(*example).float()
+    ctx = StepContext(example=example, ipex=ipex, channels_last=settings.channels_last)
+    rejected: list[str] = []
+    accepted: list[tuple[Plan, Stage, Agreement]] = []
+    for plan in candidate_plans(settings):
+        try:
+            stage = run_steps(model, plan, ctx)
+            agreement = compare(reference, call_stage(stage, example),
+                                thresholds_for(plan, settings, classifies))
+        except Exception as error:  # noqa: BLE001 - any failing backend falls back
+            reason = f"{plan.describe()} failed: {type(error).__name__}: {error}"
+            rejected.append(reason.splitlines()[0][:300])
+            log.warning("optimizer: %s", rejected[-1])
+            continue
+        if not agreement.passed:
+            failures = "; ".join(agreement.failures)
+            rejected.append(f"{plan.describe()} disagrees with eager: {failures}")
+            log.warning("optimizer: %s", rejected[-1])
+            continue
+        accepted.append((plan, stage, agreement))
+        if settings.optimize != "auto":
+            break
+    if settings.optimize == "auto" and len(accepted) > 1:
+        timings = [(p.describe(), time_stage(s, example)) for p, s, _ in accepted]
+        fastest = min(range(len(accepted)), key=lambda i: timings[i][1])
+        plan, stage, agreement = accepted[fastest]
+        return Optimized(stage, plan, agreement, tuple(rejected), tuple(timings))
+    plan, stage, agreement = accepted[0]
+    return Optimized(stage, plan, agreement, tuple(rejected))

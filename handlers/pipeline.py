@@ -1,0 +1,215 @@
+"""Optimization steps and the presets that chain them.
+
+A step takes the model as built so far (a `Stage`) and returns the next one. Steps
+never touch the caller's eager model: the first step works on a copy, so the eager
+reference and other candidates stay intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import nn
+
+from handlers.ipex_support import IpexStatus
+
+Inputs = tuple[torch.Tensor, ...]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A model part-way through a pipeline, with what running it requires."""
+
+    module: Callable[..., torch.Tensor]
+    bf16: bool = False
+    channels_last: bool = False
+    autocast: bool = False  # run under CPU bf16 autocast (eager and compiled graphs)
+    applied: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def then(self, step: str, module: Callable[..., torch.Tensor], note: str = "",
+             **changes: bool) -> Stage:
+        notes = self.notes + ((f"{step}: {note}",) if note else ())
+        return replace(self, module=module, applied=self.applied + (step,), notes=notes,
+                       **changes)
+
+
+@dataclass(frozen=True)
+class StepContext:
+    example: Inputs
+    ipex: IpexStatus
+    channels_last: bool | None  # None: only for models with convolutions
+
+
+class StepError(RuntimeError):
+    """A step cannot apply to this model (the pipeline falls back)."""
+
+
+def prepare_inputs(inputs: Inputs, channels_last: bool) -> Inputs:
+    if not channels_last:
+        return inputs
+    return tuple(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+                 for x in inputs)
+
+
+@contextlib.contextmanager
+def run_mode(autocast: bool) -> Iterator[None]:
+    """No autograd, and bf16 autocast when the stage asks for it."""
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        yield
+
+
+@contextlib.contextmanager
+def quiet_jit() -> Iterator[None]:
+    """torch 2.13 warns on every torch.jit call that TorchScript is deprecated."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def has_convolutions(module: object) -> bool:
+    return isinstance(module, nn.Module) and any(
+        isinstance(m, (nn.Conv2d, nn.Conv3d)) for m in module.modules())
+
+
+def _as_module(stage: Stage, step: str) -> nn.Module:
+    if not isinstance(stage.module, nn.Module):
+        raise StepError(f"{step} needs an eager nn.Module, got {type(stage.module).__name__}")
+    return stage.module
+
+
+def native_optimize(module: nn.Module) -> tuple[nn.Module, str]:
+    """What ipex.optimize does for inference that plain PyTorch can do: eval, no grad,
+    and Conv+BatchNorm folding (torch.fx) for conv nets."""
+    module = copy.deepcopy(module).eval().requires_grad_(False)
+    if any(isinstance(m, nn.BatchNorm2d) for m in module.modules()):
+        from torch.fx.experimental.optimization import fuse
+
+        try:
+            return fuse(module), "native (conv+bn folded)"
+        except Exception as error:  # noqa: BLE001 - fx cannot trace every model
+            return module, f"native (no conv+bn folding: {type(error).__name__})"
+    return module, "native"
+
+
+def step_native(stage: Stage, ctx: StepContext) -> Stage:
+    module, note = native_optimize(_as_module(stage, "native"))
+    return stage.then("native", module, note)
+
+
+def step_ipex(stage: Stage, ctx: StepContext) -> Stage:
+    if ctx.ipex.module is None:
+        raise StepError(f"Intel Extension for PyTorch unusable: {ctx.ipex.reason}")
+    module = copy.deepcopy(_as_module(stage, "ipex")).eval().requires_grad_(False)
+    dtype = torch.bfloat16 if stage.bf16 else torch.float32
+    optimized = ctx.ipex.module.optimize(module, dtype=dtype, inplace=True)
+    # ipex.optimize leaves bf16 compute to autocast, as its inference recipe does.
+    return stage.then("ipex", optimized, ctx.ipex.reason, autocast=stage.bf16)
+
+
+def step_ipex_or_native(stage: Stage, ctx: StepContext) -> Stage:
+    if ctx.ipex.usable:
+        return step_ipex(stage, ctx)
+    staged = step_native(stage, ctx)
+    return replace(staged, notes=staged.notes + (f"ipex skipped: {ctx.ipex.reason}",))
+
+
+def step_channels_last(stage: Stage, ctx: StepContext) -> Stage:
+    module = _as_module(stage, "channels_last")
+    wanted = ctx.channels_last if ctx.channels_last is not None else has_convolutions(module)
+    if not wanted:
+        return stage.then("channels_last", module, "skipped (no convolutions)")
+    return stage.then("channels_last", module.to(memory_format=torch.channels_last),
+                      channels_last=True)
+
+
+def step_trace(stage: Stage, ctx: StepContext) -> Stage:
+    module = _as_module(stage, "trace")
+    if isinstance(module, torch.jit.ScriptModule):
+        return stage.then("trace", module, "skipped (already TorchScript)")
+    # Tracing records constants; parameters that require grad cannot be inlined under
+    # autocast ("Cannot insert a Tensor that requires grad as a constant").
+    module.requires_grad_(False)
+    example = prepare_inputs(ctx.example, stage.channels_last)
+    with quiet_jit(), run_mode(stage.bf16):
+        traced = torch.jit.trace(module, example, check_trace=False, strict=False)
+    # The traced graph holds the autocast casts: it runs without autocast.
+    return stage.then("trace", traced, autocast=False)
+
+
+def step_freeze(stage: Stage, ctx: StepContext) -> Stage:
+    if not isinstance(stage.module, torch.jit.ScriptModule):
+        raise StepError("freeze needs a traced model: put 'trace' before 'freeze'")
+    with quiet_jit():
+        return stage.then("freeze", torch.jit.freeze(stage.module.eval()))
+
+
+def step_optimize_for_inference(stage: Stage, ctx: StepContext) -> Stage:
+    if not isinstance(stage.module, torch.jit.ScriptModule):
+        raise StepError("optimize_for_inference needs a traced model")
+    with quiet_jit():
+        return stage.then("optimize_for_inference",
+                          torch.jit.optimize_for_inference(stage.module))
+
+
+def step_compile(stage: Stage, ctx: StepContext) -> Stage:
+    module = _as_module(stage, "compile")
+    module.requires_grad_(False)
+    # Freezing lets inductor fold weights and prepack them for oneDNN, as jit.freeze does.
+    compiled = torch.compile(module, backend="inductor", options={"freezing": True})
+    return stage.then("compile", compiled, autocast=stage.bf16)
+
+
+STEPS: dict[str, Callable[[Stage, StepContext], Stage]] = {
+    "ipex_or_native": step_ipex_or_native,
+    "ipex": step_ipex,
+    "native": step_native,
+    "channels_last": step_channels_last,
+    "trace": step_trace,
+    "freeze": step_freeze,
+    "optimize_for_inference": step_optimize_for_inference,
+    "compile": step_compile,
+}
+
+PRESET_STEPS: dict[str, tuple[str, ...]] = {
+    "eager": (),
+    "default": ("ipex_or_native", "channels_last", "trace", "freeze", "optimize_for_inference"),
+    "compile": ("native", "channels_last", "compile"),
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One candidate: a named list of steps at one precision."""
+
+    name: str
+    steps: tuple[str, ...]
+    bf16: bool = False
+    label: str = field(default="")
+
+    def describe(self) -> str:
+        steps = ">".join(self.steps) or "eager"
+        return f"{self.name}[{steps}]{' bf16' if self.bf16 else ''}"
+
+
+def run_steps(model: nn.Module, plan: Plan, ctx: StepContext) -> Stage:
+    """Apply the plan's steps in order to (a copy of) `model`."""
+    stage = Stage(module=model, bf16=plan.bf16, autocast=plan.bf16)
+    if not plan.steps or plan.steps[0] not in ("native", "ipex", "ipex_or_native"):
+        # Steps below mutate modules in place (channels-last, requires_grad): copy first.
+        stage = replace(stage, module=copy.deepcopy(model).eval())
+    for name in plan.steps:
+        stage = STEPS[name](stage, ctx)
+    return stage
+
+
+def call_stage(stage: Stage, inputs: Inputs) -> torch.Tensor:
+    """Run a built stage on a batch; outputs come back as fp32."""
+    with run_mode(stage.autocast):
+        output = stage.module(*prepare_inputs(inputs, stage.channels_last))
+    return output.float()

@@ -1,0 +1,149 @@
+"""The `handler:` section of model-config.yaml, checked once into a frozen settings object.
+
+Every mistake raises ValueError naming the key (`handler.dtype`, ...) and the accepted
+values, so a typo fails the worker's start-up with a readable message instead of
+silently running the default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+TASKS = ("image_classification", "text_classification", "text_embedding")
+PRESETS = ("default", "eager", "compile", "auto")
+DTYPES = ("fp32", "bf16")
+TRUNCATION = ("truncate", "reject")
+
+
+@dataclass(frozen=True)
+class GateThresholds:
+    """How close bf16 outputs must stay to fp32 eager on the example inputs."""
+
+    min_cosine: float = 0.99
+    max_abs_diff: float = 0.25  # relative to the reference's largest magnitude (at least 1)
+    topk: int = 5
+    min_topk_agreement: float = 0.6  # mean overlap of the top-k index sets
+
+
+@dataclass(frozen=True)
+class HandlerSettings:
+    task: str = "image_classification"
+    optimize: tuple[str, ...] | str = "default"
+    dtype: str = "fp32"
+    gate: GateThresholds = field(default_factory=GateThresholds)
+    example_batch_size: int = 1
+    warmup_iterations: int = 3
+    topk: int = 5
+    # image
+    image_size: int = 224
+    resize_size: int = 256
+    max_image_pixels: int = 40_000_000
+    # text
+    max_length: int = 128
+    truncation: str = "truncate"
+    # profiling
+    itt_ranges: bool = True
+    emit_itt: bool = False
+    # model kind: None lets the handler decide (conv nets get channels-last)
+    channels_last: bool | None = None
+
+
+def _check_choice(key: str, value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"handler.{key}: {value!r} is not one of {', '.join(choices)}")
+    return str(value)
+
+
+def _check_int(key: str, value: object, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"handler.{key}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_bool(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"handler.{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _check_optimize(value: object) -> tuple[str, ...] | str:
+    from handlers.pipeline import STEPS  # the step names live with the steps
+
+    if isinstance(value, str):
+        return _check_choice("optimize", value, PRESETS)
+    if isinstance(value, list) and all(isinstance(step, str) for step in value):
+        unknown = [step for step in value if step not in STEPS]
+        if unknown:
+            raise ValueError(
+                f"handler.optimize: unknown step(s) {unknown}; steps are {', '.join(STEPS)}"
+            )
+        return tuple(value)
+    raise ValueError(
+        f"handler.optimize: expected one of {', '.join(PRESETS)} or a list of steps, got {value!r}"
+    )
+
+
+def _parse_gate(value: object) -> GateThresholds:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"handler.accuracy_gate: expected a mapping, got {value!r}")
+    known = {f.name: f.type for f in fields(GateThresholds)}
+    parsed: dict[str, float | int] = {}
+    for key, raw in value.items():
+        if key not in known:
+            raise ValueError(
+                f"handler.accuracy_gate.{key}: unknown key; keys are {', '.join(known)}"
+            )
+        if key == "topk":
+            parsed[key] = _check_int(f"accuracy_gate.{key}", raw, 1)
+        elif isinstance(raw, bool) or not isinstance(raw, (int, float)):
+            raise ValueError(f"handler.accuracy_gate.{key}: expected a number, got {raw!r}")
+        else:
+            parsed[key] = float(raw)
+    return GateThresholds(**parsed)  # type: ignore[arg-type]
+
+
+_INT_KEYS = {
+    "example_batch_size": 1,
+    "warmup_iterations": 0,
+    "topk": 1,
+    "image_size": 8,
+    "resize_size": 8,
+    "max_image_pixels": 1,
+    "max_length": 2,
+}
+_BOOL_KEYS = ("itt_ranges", "emit_itt")
+
+
+def parse_settings(section: Mapping[str, object] | None) -> HandlerSettings:
+    """Checked settings from model-config.yaml's `handler:` mapping (None: all defaults)."""
+    if section is None:
+        return HandlerSettings()
+    if not isinstance(section, Mapping):
+        raise ValueError(f"handler: expected a mapping in model-config.yaml, got {section!r}")
+    values: dict[str, object] = {}
+    for key, raw in section.items():
+        if key == "task":
+            values[key] = _check_choice(key, raw, TASKS)
+        elif key == "optimize":
+            values[key] = _check_optimize(raw)
+        elif key == "dtype":
+            values[key] = _check_choice(key, raw, DTYPES)
+        elif key == "truncation":
+            values[key] = _check_choice(key, raw, TRUNCATION)
+        elif key == "accuracy_gate":
+            values["gate"] = _parse_gate(raw)
+        elif key in _INT_KEYS:
+            values[key] = _check_int(key, raw, _INT_KEYS[key])
+        elif key in _BOOL_KEYS:
+            values[key] = _check_bool(key, raw)
+        elif key == "channels_last":
+            values[key] = None if raw in (None, "auto") else _check_bool(key, raw)
+        else:
+            known = sorted([*_INT_KEYS, *_BOOL_KEYS, "task", "optimize", "dtype", "truncation",
+                            "accuracy_gate", "channels_last"])
+            raise ValueError(f"handler.{key}: unknown key; keys are {', '.join(known)}")
+    settings = HandlerSettings(**values)  # type: ignore[arg-type]
+    if settings.resize_size < settings.image_size:
+        raise ValueError("handler.resize_size: must be >= handler.image_size")
+    return settings

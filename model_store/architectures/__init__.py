@@ -1,0 +1,1 @@
+"""Model architectures in plain torch / transformers, importable by the archived model files."""

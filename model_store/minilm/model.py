@@ -1,0 +1,7 @@
+"""Model file for the minilm archive: all-MiniLM-L6-v2 sentence embeddings, one class."""
+
+from model_store.architectures.bert import SentenceEmbedder
+
+
+class MiniLMEmbedder(SentenceEmbedder):
+    pass

@@ -1,0 +1,46 @@
+import pytest
+
+from handlers.settings import GateThresholds, HandlerSettings, parse_settings
+
+
+def test_defaults_when_section_missing() -> None:
+    assert parse_settings(None) == HandlerSettings()
+
+
+def test_full_section() -> None:
+    settings = parse_settings({
+        "task": "text_embedding", "optimize": ["native", "trace", "freeze"], "dtype": "bf16",
+        "max_length": 64, "truncation": "reject", "emit_itt": True,
+        "accuracy_gate": {"min_cosine": 0.995, "topk": 3},
+    })
+    assert settings.task == "text_embedding"
+    assert settings.optimize == ("native", "trace", "freeze")
+    assert settings.dtype == "bf16"
+    assert settings.gate == GateThresholds(min_cosine=0.995, topk=3)
+    assert settings.truncation == "reject" and settings.emit_itt
+
+
+@pytest.mark.parametrize(
+    ("section", "named"),
+    [
+        ({"dtype": "fp16"}, "handler.dtype"),
+        ({"optimize": "fastest"}, "handler.optimize"),
+        ({"optimize": ["trace", "warp"]}, "handler.optimize"),
+        ({"task": "speech"}, "handler.task"),
+        ({"topk": 0}, "handler.topk"),
+        ({"max_length": "long"}, "handler.max_length"),
+        ({"emit_itt": "yes"}, "handler.emit_itt"),
+        ({"accuracy_gate": {"cosine": 0.9}}, "handler.accuracy_gate.cosine"),
+        ({"accuracy_gate": {"min_cosine": "high"}}, "handler.accuracy_gate.min_cosine"),
+        ({"bogus": 1}, "handler.bogus"),
+        ({"image_size": 300, "resize_size": 256}, "handler.resize_size"),
+    ],
+)
+def test_bad_values_name_the_key(section: dict, named: str) -> None:
+    with pytest.raises(ValueError, match=named.replace(".", r"\.")):
+        parse_settings(section)
+
+
+def test_section_must_be_mapping() -> None:
+    with pytest.raises(ValueError, match="handler: expected a mapping"):
+        parse_settings(["task"])  # type: ignore[arg-type]
