@@ -1,0 +1,33 @@
+"""The real models and model directories, for tests that run them outside TorchServe."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+from pathlib import Path
+
+import torch
+
+from handlers.loading import load_state_dict
+from model_store.build import MODELS, tokenizer_files, weights_path
+from model_store.build import model_class_for as _model_class
+
+
+@functools.lru_cache(maxsize=None)
+def _state(name: str) -> dict[str, torch.Tensor]:
+    return load_state_dict(weights_path(MODELS[name]))
+
+
+def eager_model(name: str) -> torch.nn.Module:
+    """A fresh eager copy of an archived model with its archived weights."""
+    model = _model_class(name)()
+    model.load_state_dict(_state(name))
+    return model.eval()
+
+
+def model_dir_for(name: str, tmp_path: Path) -> Path:
+    """A directory holding what the model's task reads (tokenizer for text models)."""
+    if name != "resnet50":
+        for path in tokenizer_files():
+            shutil.copy(path, tmp_path / path.name)
+    return tmp_path
