@@ -13,7 +13,7 @@ from model_store.build import MODELS, tokenizer_files, weights_path
 from model_store.build import model_class_for as _model_class
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _state(name: str) -> dict[str, torch.Tensor]:
     return load_state_dict(weights_path(MODELS[name]))
 
