@@ -1,0 +1,137 @@
+"""Argument parsing and output of `python -m launcher plan | doctor | serve`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from launcher.cpulist import format_cpulist
+from launcher.errors import LauncherError
+from launcher.facts import allowed_topology
+from launcher.lscpu import read_lscpu
+from launcher.options import parse_launcher_args
+from launcher.planner import Plan, plan
+from launcher.sysfs import SysRoot, read_topology
+from launcher.topology import Topology
+from launcher.tsconfig import read_ts_config, worker_counts
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m launcher", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    planning = commands.add_parser("plan", help="show the core blocks workers would get")
+    planning.add_argument(
+        "--topology-file",
+        type=Path,
+        help="saved `lscpu --parse=CPU,Core,Socket,Node` output, or a folder holding a "
+        "saved sys/ tree; default: this machine within this process's cpuset",
+    )
+    planning.add_argument("--workers", type=int, help="total workers of all models")
+    planning.add_argument("--launcher-args", default=None, help="cpu_launcher_args text")
+    planning.add_argument(
+        "--ts-config", type=Path, help="take launcher args and worker counts from it"
+    )
+    planning.add_argument("--json", action="store_true", help="machine-readable output")
+    commands.add_parser("doctor", help="check the running TorchServe workers")
+    serving = commands.add_parser("serve", help="start TorchServe with pinned workers")
+    serving.add_argument("--ts-config", type=Path, required=True)
+    serving.add_argument("--model-store", type=Path, required=True)
+    serving.add_argument("--models", nargs="*", default=[])
+    serving.add_argument("--run-dir", type=Path)
+    serving.add_argument("--detach", action="store_true", help="leave it running and return")
+    serving.add_argument("--timeout", type=float, default=300.0, help="seconds to become ready")
+    return parser
+
+
+def load_topology(path: Path | None) -> Topology:
+    if path is None:
+        return allowed_topology()
+    if path.is_dir():
+        return read_topology(SysRoot(path))
+    return read_lscpu(path)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    topology = load_topology(args.topology_file)
+    config = read_ts_config(args.ts_config) if args.ts_config else None
+    text = args.launcher_args if args.launcher_args is not None else None
+    if text is None and config is not None:
+        options = config.options
+    else:
+        options = parse_launcher_args(text)
+    workers = args.workers
+    if workers is None:
+        if config is None:
+            raise LauncherError("plan: give --workers N or --ts-config FILE")
+        workers = sum(worker_counts(config, len(topology.cpus)).values())
+    result = plan(topology, options, workers)
+    print(json.dumps(result.to_dict()) if args.json else render_plan(result))
+    return 0
+
+
+def render_plan(result: Plan) -> str:
+    lines = [f"{'worker':>6}  {'node':>4}  {'threads':>7}  cpus"]
+    for block in result.blocks:
+        node = "-" if block.node is None else str(block.node)
+        lines.append(
+            f"{block.index:>6}  {node:>4}  {block.threads:>7}  {format_cpulist(block.cpus)}"
+        )
+    lines.append(f"leftover: {format_cpulist(result.leftover) or 'none'}")
+    lines += [f"note: {note}" for note in result.notes]
+    return "\n".join(lines)
+
+
+def run_doctor(_: argparse.Namespace) -> int:
+    from launcher.doctor import inspect, render
+
+    report = inspect()
+    print(render(report))
+    return 1 if report.problems else 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from launcher import serve
+
+    handle, prepared = serve.start(args.ts_config, args.model_store, args.models, args.run_dir)
+    try:
+        handle.wait_ready(list(prepared.models), timeout=args.timeout)
+        if prepared.plan is not None:
+            print(render_plan(prepared.plan))
+            print(f"allocator: {prepared.allocator.name} ({prepared.allocator.reason})")
+        print(
+            f"TorchServe pid {handle.pid}: inference {handle.inference_url}, "
+            f"management {handle.management_url}, run dir {handle.run_dir}"
+        )
+        if args.detach:
+            return 0
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+        while not stop.wait(1.0) and handle.alive():
+            pass
+        return 0 if not handle.alive() or stop.is_set() else 1
+    finally:
+        if not args.detach:
+            handle.stop()
+
+
+COMMANDS = {"plan": run_plan, "doctor": run_doctor, "serve": run_serve}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; the only place exceptions become exit codes."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except LauncherError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:  # server.ServerError: TorchServe did not come up
+        print(f"error: {error}", file=sys.stderr)
+        return 1

@@ -1,0 +1,31 @@
+"""The topology a process may plan over: online CPUs within its cpuset and affinity."""
+
+from __future__ import annotations
+
+from launcher.errors import LauncherError
+from launcher.sysfs import (
+    SysRoot,
+    cgroup_cpu_quota,
+    cgroup_cpuset,
+    process_affinity,
+    read_topology,
+)
+from launcher.topology import Topology
+
+
+def allowed_topology(pid: int | str = "self", sys_root: SysRoot | None = None) -> Topology:
+    """This machine as `pid` sees it: cgroup cpuset ∩ affinity, with its CPU quota.
+
+    For a worker, pass the TorchServe frontend's pid: the worker's own affinity may
+    already be narrowed (by run_cpu, or by an earlier pin).
+    """
+    fs = sys_root or SysRoot()
+    allowed = set(process_affinity(pid, fs))
+    cpuset = cgroup_cpuset(pid, fs)
+    if cpuset is not None:
+        allowed &= set(cpuset)
+    topology = read_topology(fs)
+    restricted = topology.restrict(allowed).with_quota(cgroup_cpu_quota(pid, fs))
+    if not restricted.cpus:
+        raise LauncherError(f"process {pid}: no online CPU is allowed by its cpuset and affinity")
+    return restricted

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from launcher.environment import (
+    JEMALLOC_MALLOC_CONF,
+    choose_allocator,
+    find_library,
+    process_env,
+    worker_env,
+)
+from launcher.errors import LauncherError
+from launcher.options import parse_launcher_args
+from launcher.planner import Block
+
+LIBS = {
+    "tcmalloc": Path("/lib/libtcmalloc.so.4"),
+    "jemalloc": Path("/lib/libjemalloc.so.2"),
+    "iomp": Path("/venv/lib/libiomp5.so"),
+}
+
+
+def only(*kinds: str):
+    return lambda kind: LIBS[kind] if kind in kinds else None
+
+
+def test_default_is_tcmalloc_when_installed() -> None:
+    choice = choose_allocator(parse_launcher_args(""), only("tcmalloc"))
+    assert (choice.name, choice.path) == ("tcmalloc", LIBS["tcmalloc"])
+
+
+def test_default_falls_back_to_glibc_and_says_why() -> None:
+    choice = choose_allocator(parse_launcher_args(""), only())
+    assert choice.name == "glibc" and "not installed" in choice.reason
+
+
+def test_asked_for_but_missing_names_the_flag() -> None:
+    with pytest.raises(LauncherError, match="--enable_jemalloc.*libjemalloc2"):
+        choose_allocator(parse_launcher_args("--enable_jemalloc"), only("tcmalloc"))
+
+
+def test_jemalloc_env_keeps_pages_and_existing_preloads() -> None:
+    options = parse_launcher_args("--enable_jemalloc")
+    choice = choose_allocator(options, only("jemalloc"))
+    env = process_env(options, choice, {"LD_PRELOAD": "/x.so"}, only("jemalloc"), "x86_64")
+    assert env["LD_PRELOAD"] == "/lib/libjemalloc.so.2:/x.so"
+    assert env["MALLOC_CONF"] == JEMALLOC_MALLOC_CONF
+    assert "oversize_threshold:1" not in JEMALLOC_MALLOC_CONF
+    assert env["THP_MEM_ALLOC_ENABLE"] == "1"
+    assert "KMP_AFFINITY" not in env
+
+
+def test_iomp_is_preloaded_with_kmp_settings_unless_disabled() -> None:
+    options = parse_launcher_args("")
+    choice = choose_allocator(options, only("tcmalloc", "iomp"))
+    env = process_env(options, choice, {}, only("tcmalloc", "iomp"), "x86_64")
+    assert env["LD_PRELOAD"].endswith("libiomp5.so") and env["KMP_BLOCKTIME"] == "1"
+    off = parse_launcher_args("--disable_iomp")
+    assert "KMP_BLOCKTIME" not in process_env(off, choice, {}, only("tcmalloc", "iomp"), "x86_64")
+
+
+def test_arm_presets_with_opt_in_bf16() -> None:
+    glibc = choose_allocator(parse_launcher_args("--use_default_allocator"), only())
+    plain = process_env(parse_launcher_args(""), glibc, {}, only(), "aarch64")
+    assert plain["TORCH_MKLDNN_MATMUL_MIN_DIM"] == "1024"
+    assert "DNNL_DEFAULT_FPMATH_MODE" not in plain and "LD_PRELOAD" not in plain
+    bf16 = process_env(parse_launcher_args("--enable_bf16_fpmath"), glibc, {}, only(), "aarch64")
+    assert bf16["DNNL_DEFAULT_FPMATH_MODE"] == "BF16"
+
+
+def test_worker_env() -> None:
+    block = Block(index=0, cpus=(0, 1, 2), node=0, cores=3)
+    assert worker_env(block, iomp_loaded=False) == {
+        "OMP_NUM_THREADS": "3",
+        "MKL_NUM_THREADS": "3",
+    }
+    assert worker_env(block, iomp_loaded=True)["KMP_AFFINITY"].startswith("granularity")
+
+
+def test_debian_paths_on_this_machine() -> None:
+    """The Debian packages installed here are found where run_cpu never looks."""
+    assert find_library("jemalloc") == Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+    assert find_library("tcmalloc") == Path("/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4")
