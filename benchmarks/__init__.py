@@ -1,0 +1,1 @@
+"""Apache-bench runs of TorchServe on CPUs, scenario by scenario, against the machine's limit."""

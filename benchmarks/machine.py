@@ -1,0 +1,70 @@
+"""Facts about the machine a result set came from, for machine.json."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import socket
+from pathlib import Path
+
+import psutil
+
+SYS = Path("/sys")
+PROC = Path("/proc")
+
+#: The flags that decide which kernels run (the rest of /proc/cpuinfo's list is noise here).
+INTERESTING_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                     "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
+
+
+def cpuinfo(proc_root: Path = PROC) -> dict[str, str]:
+    """The first processor's block of /proc/cpuinfo."""
+    facts: dict[str, str] = {}
+    for line in (proc_root / "cpuinfo").read_text().splitlines():
+        if not line.strip():
+            if facts:
+                break
+            continue
+        key, _, value = line.partition(":")
+        facts[key.strip()] = value.strip()
+    return facts
+
+
+def numa_nodes(sys_root: Path = SYS) -> dict[str, str]:
+    """NUMA node -> its cpulist ({} where the kernel shows no nodes)."""
+    nodes = sorted((sys_root / "devices/system/node").glob("node[0-9]*"))
+    return {n.name: (n / "cpulist").read_text().strip() for n in nodes if (n / "cpulist").exists()}
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine_facts() -> dict[str, object]:
+    import torch
+
+    info = cpuinfo()
+    flags = set(info.get("flags", "").split())
+    return {
+        "hostname": socket.gethostname(),
+        "cpu_model": info.get("model name"),
+        "cpu_mhz_reported": info.get("cpu MHz"),
+        "logical_cpus": psutil.cpu_count(logical=True),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "allowed_cpus": sorted(os.sched_getaffinity(0)),
+        "numa_nodes": numa_nodes(),
+        "flags": [flag for flag in INTERESTING_FLAGS if flag in flags],
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torchserve": _version("torchserve"),
+        "torch_model_archiver": _version("torch-model-archiver"),
+        "intel_extension_for_pytorch": _version("intel_extension_for_pytorch"),
+        "load_average_at_start": os.getloadavg(),
+    }

@@ -1,0 +1,101 @@
+"""What the served model could do without serving: FLOPs per item and a raw in-process loop.
+
+The model is loaded from the very archive the server ran, by the handler's own loading and
+optimization code, and fed the benchmark's own request body decoded by the handler's task:
+served / raw then measures serving overhead and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from torch.utils.flop_counter import FlopCounterMode
+
+from handlers.loading import load_model
+from handlers.settings import parse_settings
+from handlers.tasks import Inputs, make_task
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Raw loop result of one archive (one model at one batch, as its handler would run it)."""
+
+    raw_items_per_s: float
+    flops_per_item: float
+    dtype: str
+    pipeline: str
+
+
+def _unpack(archive: Path, dest: Path) -> tuple[dict, dict]:
+    with zipfile.ZipFile(archive) as mar:
+        mar.extractall(dest)
+    manifest = json.loads((dest / "MAR-INF" / "MANIFEST.json").read_text())
+    config_name = manifest.get("model", {}).get("configFile")
+    config = yaml.safe_load((dest / config_name).read_text()) if config_name else {}
+    return manifest, config or {}
+
+
+def count_flops(fn: Callable[..., object], inputs: Inputs) -> int:
+    """Multiply-adds x 2 of one call, from torch's FLOP counter (eager graph)."""
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        fn(*inputs)
+    return int(counter.get_total_flops())
+
+
+def raw_items_per_s(fn: Callable[..., object], inputs: Inputs, batch: int,
+                    seconds: float) -> float:
+    """Items/s of back-to-back calls for about `seconds`, after three warm-up calls."""
+    with torch.inference_mode():
+        for _ in range(3):
+            fn(*inputs)
+        calls = 0
+        start = time.perf_counter()
+        while True:
+            fn(*inputs)
+            calls += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds and calls >= 3:
+                return calls * batch / elapsed
+
+
+def measure_reference(
+    archive: Path, body: bytes, content_type: str, batch: int, threads: int,
+    optimized: bool, seconds: float = 10.0,
+) -> Reference:
+    """Raw-loop throughput and FLOPs per item of the model inside `archive`.
+
+    `optimized` runs the handler's optimization pipeline with the archive's settings (as our
+    handler does); otherwise the eager model (as the stock handler does)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = Path(tmp)
+            manifest, config = _unpack(archive, model_dir)
+            settings = parse_settings(config.get("handler"))
+            task = make_task(settings, model_dir)
+            eager, _ = load_model(model_dir, manifest)
+            sample = task.decode(body, content_type)
+            inputs = task.collate([sample] * batch)
+            flops = count_flops(eager, task.collate([sample]))
+            fn: Callable[..., object] = eager
+            dtype, pipeline = "fp32", "eager"
+            if optimized:
+                from handlers.ipex_support import probe_ipex
+                from handlers.optimizer import optimize
+
+                example = task.example_inputs(settings.example_batch_size)
+                chosen = optimize(eager, example, settings, probe_ipex(), task.classifies)
+                fn, dtype, pipeline = chosen, chosen.dtype, chosen.plan.describe()
+            rate = raw_items_per_s(fn, inputs, batch, seconds)
+    finally:
+        torch.set_num_threads(previous)
+    return Reference(rate, float(flops), dtype, pipeline)

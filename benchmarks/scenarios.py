@@ -1,0 +1,78 @@
+"""The scenario matrix as data: who handles requests, who places workers, which allocator.
+
+Each scenario changes one thing over the one before it, so neighbouring rows of the summary
+explain each other: stock -> threads -> TorchServe's launcher / our pinning -> allocator ->
+optimized model -> compile / bf16.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+HANDLER_STOCK = "stock"  # benchmarks/stock_handler.py: BaseHandler, eager, no pinning
+HANDLER_OURS = "ours"  # handlers/: pins its worker, optimizes its model
+
+LAUNCH_NONE = "none"  # plain `torchserve --start`
+LAUNCH_TORCHSERVE = "torchserve"  # cpu_launcher_enable=true handled by TorchServe (run_cpu)
+LAUNCH_OURS = "ours"  # our launcher's environment + our pinning handler
+
+#: The `threads` scenario's thread count, read by benchmarks/stock_handler.py in the worker.
+THREADS_ENV = "BENCH_TORCH_THREADS"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    handler: str
+    launch: str
+    #: run_cpu vocabulary for cpu_launcher_args ("" = the launcher's own default)
+    launcher_args: str = ""
+    #: merged into the `handler:` section of model-config.yaml (our handler only)
+    handler_overrides: Mapping[str, object] = field(default_factory=dict)
+    #: stock handler calls torch.set_num_threads(cores / workers)
+    set_threads: bool = False
+    note: str = ""
+
+    @property
+    def dtype(self) -> str:
+        return str(self.handler_overrides.get("dtype", "fp32"))
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario("stock", HANDLER_STOCK, LAUNCH_NONE,
+                 note="BaseHandler, eager fp32, default threads: every worker uses all cores"),
+        Scenario("threads", HANDLER_STOCK, LAUNCH_NONE, set_threads=True,
+                 note="stock + torch.set_num_threads(cores / workers), no pinning"),
+        Scenario("torchserve-launcher", HANDLER_STOCK, LAUNCH_TORCHSERVE,
+                 note="TorchServe's own cpu_launcher_enable=true (run_cpu), stock handler"),
+        Scenario("pinned", HANDLER_OURS, LAUNCH_OURS, "--use_default_allocator",
+                 {"optimize": "eager"}, note="our launcher: disjoint physical-core blocks"),
+        Scenario("pinned+jemalloc", HANDLER_OURS, LAUNCH_OURS, "--enable_jemalloc",
+                 {"optimize": "eager"}),
+        Scenario("pinned+tcmalloc", HANDLER_OURS, LAUNCH_OURS, "--enable_tcmalloc",
+                 {"optimize": "eager"}),
+        Scenario("optimized", HANDLER_OURS, LAUNCH_OURS, "",
+                 {"optimize": "default"}, note="our handler's default pipeline"),
+        Scenario("optimized-compile", HANDLER_OURS, LAUNCH_OURS, "",
+                 {"optimize": "compile"}),
+        Scenario("optimized-bf16", HANDLER_OURS, LAUNCH_OURS, "",
+                 {"optimize": "default", "dtype": "bf16"},
+                 note="bf16 only where the handler's accuracy gate passes"),
+    )
+}
+
+BASELINE = "stock"
+TORCHSERVE_LAUNCHER = "torchserve-launcher"
+
+
+def select(names: Sequence[str] | None) -> list[Scenario]:
+    """Scenarios by name in matrix order; raises ValueError naming the valid ones."""
+    if not names:
+        return list(SCENARIOS.values())
+    unknown = [name for name in names if name not in SCENARIOS]
+    if unknown:
+        raise ValueError(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}")
+    return [s for s in SCENARIOS.values() if s.name in names]
