@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--ts-config", type=Path, help="take launcher args and worker counts from it"
     )
     planning.add_argument("--json", action="store_true", help="machine-readable output")
-    commands.add_parser("doctor", help="check the running TorchServe workers")
+    doctor = commands.add_parser("doctor", help="check the running TorchServe workers")
+    doctor.add_argument("--frontend", type=int, help="only workers of this TorchServe pid")
     serving = commands.add_parser("serve", help="start TorchServe with pinned workers")
     serving.add_argument("--ts-config", type=Path, required=True)
     serving.add_argument("--model-store", type=Path, required=True)
@@ -86,10 +87,10 @@ def render_plan(result: Plan) -> str:
     return "\n".join(lines)
 
 
-def run_doctor(_: argparse.Namespace) -> int:
+def run_doctor(args: argparse.Namespace) -> int:
     from launcher.doctor import inspect, render
 
-    report = inspect()
+    report = inspect(frontend=args.frontend)
     print(render(report))
     return 1 if report.problems else 0
 

@@ -33,7 +33,8 @@ class WorkerReport:
 @dataclass(frozen=True)
 class Report:
     workers: tuple[WorkerReport, ...]
-    problems: tuple[str, ...]
+    problems: tuple[str, ...]  # within one TorchServe instance: exit code 1
+    warnings: tuple[str, ...] = ()  # between instances, each planned on its own
 
 
 def environ_of(pid: int, fs: SysRoot) -> dict[str, str]:
@@ -64,12 +65,19 @@ def _status_threads(pid: int, fs: SysRoot) -> int:
     return 0
 
 
-def inspect(sys_root: SysRoot | None = None, claims: list[Claim] | None = None) -> Report:
+def inspect(
+    sys_root: SysRoot | None = None,
+    claims: list[Claim] | None = None,
+    frontend: int | None = None,
+) -> Report:
+    """Report on every TorchServe worker on the host, or those of one frontend pid."""
     fs = sys_root or SysRoot()
     topology = read_topology(fs)
     by_pid = {c.pid: c for c in (all_claims() if claims is None else claims)}
     workers = []
-    for pid, frontend in torchserve_workers(fs):
+    for pid, owner in torchserve_workers(fs):
+        if frontend is not None and owner.pid != frontend:
+            continue
         try:
             cpus = process_affinity(pid, fs)
         except ProcessLookupError:
@@ -86,7 +94,7 @@ def inspect(sys_root: SysRoot | None = None, claims: list[Claim] | None = None) 
         workers.append(
             WorkerReport(
                 pid=pid,
-                frontend=frontend.pid,
+                frontend=owner.pid,
                 cpus=cpus,
                 threads=threads,
                 os_threads=_status_threads(pid, fs),
@@ -105,7 +113,17 @@ def inspect(sys_root: SysRoot | None = None, claims: list[Claim] | None = None) 
                 ),
             )
         )
-    return Report(tuple(workers), tuple(problems(workers, topology, by_pid)))
+    found, between = [], []
+    for owner in sorted({w.frontend for w in workers}):
+        found += problems([w for w in workers if w.frontend == owner], topology, by_pid)
+    for a in workers:
+        for b in workers:
+            if a.frontend < b.frontend and set(a.cpus) & set(b.cpus):
+                between.append(
+                    f"pid {a.pid} (TorchServe {a.frontend}) and pid {b.pid} (TorchServe "
+                    f"{b.frontend}) share CPUs {format_cpulist(set(a.cpus) & set(b.cpus))}"
+                )
+    return Report(tuple(workers), tuple(found), tuple(between))
 
 
 def problems(
@@ -154,5 +172,6 @@ def render(report: Report) -> str:
             f"{','.join(map(str, w.nodes)) or '-':6} {w.threads:>7} {w.os_threads:>6} "
             f"{w.allocator:9} {locality:>12}  {env}"
         )
+    lines += [f"warning: {w}" for w in report.warnings]
     lines += [f"PROBLEM: {p}" for p in report.problems] or ["no problems found"]
     return "\n".join(lines)

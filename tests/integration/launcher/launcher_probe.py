@@ -1,0 +1,41 @@
+"""Helpers shared by the launcher's integration tests (a module, so tests can import it)."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+
+
+def write_config(directory: Path, **properties: str) -> Path:
+    path = directory / "config.properties"
+    lines = {"disable_token_authorization": "true", "load_models": "probe.mar", **properties}
+    path.write_text("".join(f"{key}={value}\n" for key, value in lines.items()))
+    return path
+
+
+def ask(server, model: str = "probe") -> dict:
+    request = urllib.request.Request(f"{server.inference_url}/predictions/{model}", data=b"x")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def allowed_list(pid: int) -> set[int]:
+    from launcher.sysfs import process_affinity
+
+    return set(process_affinity(pid))
+
+
+def wait_for(condition, timeout: float = 120.0, step: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"condition not met in {timeout}s")
+
+
+def env_with_registry(directory: Path) -> dict[str, str]:
+    return {"TSCPU_REGISTRY_DIR": str(directory), "PYTHONUNBUFFERED": "1"}
