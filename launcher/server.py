@@ -227,13 +227,16 @@ def start(
     ]
     if models:
         command += ["--models", *models]
-    result = subprocess.run(
-        command, env=process_env, cwd=run_dir, capture_output=True, text=True, timeout=120
-    )
+    # Output goes to a file, not a pipe: the detached Java frontend inherits these
+    # descriptors and would hold a pipe open for its whole life.
+    start_log = run_dir / "start.log"
+    with start_log.open("wb") as output:
+        result = subprocess.run(command, env=process_env, cwd=run_dir, stdout=output,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=120)
     pid_file = run_dir / "tmp" / ".model_server.pid"
     if result.returncode != 0 or not pid_file.exists():
         raise ServerError(
-            f"torchserve --start failed ({result.returncode}): {result.stdout}{result.stderr}"
+            f"torchserve --start failed ({result.returncode}): {start_log.read_text()[-2000:]}"
         )
     return TorchServe(
         pid=int(pid_file.read_text().strip()),
