@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from launcher.cli import main
+
+XEON = Path(__file__).resolve().parents[2] / "data" / "topologies" / "xeon-8180m-2s.lscpu"
+
+
+def test_plan_json_for_the_8180m(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--topology-file", str(XEON), "--workers", "4", "--json"]) == 0
+    workers = json.loads(capsys.readouterr().out)["workers"]
+    assert [(w["cpus"][0], w["cpus"][-1], w["node"], w["threads"]) for w in workers] == [
+        (0, 13, 0, 14),
+        (14, 27, 0, 14),
+        (28, 41, 1, 14),
+        (42, 55, 1, 14),
+    ]
+
+
+def test_plan_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--topology-file", str(XEON), "--workers", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "     2     1       14  28-41" in out and "leftover: 42-55" in out
+
+
+def test_plan_from_a_ts_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "config.properties"
+    config.write_text("cpu_launcher_args=--node_id 1\ndefault_workers_per_model=2\n")
+    (tmp_path / "a").mkdir()  # an exploded archive without a manifest: defaults apply
+    config.write_text(config.read_text() + f"model_store={tmp_path}\nload_models=a\n")
+    assert main(["plan", "--topology-file", str(XEON), "--ts-config", str(config), "--json"]) == 0
+    assert [w["node"] for w in json.loads(capsys.readouterr().out)["workers"]] == [1, 1]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--workers", "4", "--launcher-args=--bogus"], "--bogus"),
+        (["--workers", "57"], "57 workers"),
+        ([], "--workers N or --ts-config"),
+    ],
+)
+def test_errors_exit_2_with_the_message(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", "--topology-file", str(XEON), *argv]) == 2
+    assert message in capsys.readouterr().err
