@@ -64,6 +64,27 @@ def http_json(url: str, method: str = "GET", timeout: float = 10.0) -> object:
         return json.loads(response.read().decode("utf-8"))
 
 
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
+
+    def json(self) -> object:
+        return json.loads(self.body)
+
+
+def post(url: str, body: bytes, content_type: str | None = None, timeout: float = 120) -> Reply:
+    """POST and return status + body, 4xx/5xx included (no exception)."""
+    request = urllib.request.Request(url, data=body, method="POST")
+    if content_type:
+        request.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return Reply(response.status, response.read())
+    except urllib.error.HTTPError as error:
+        return Reply(error.code, error.read())
+
+
 @dataclass
 class TorchServe:
     """Handle on a running TorchServe frontend started by `start`."""

@@ -49,9 +49,13 @@ ensure_venv() {
     fi
     echo "setup: building venv $VENV"
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q --upgrade pip
-    "$VENV/bin/pip" install -q "$TORCH_PIN"
-    "$VENV/bin/pip" install -q -e "$REPO_DIR[test,bench]"
+    local log="$VENV/setup-pip.log"
+    if ! { "$VENV/bin/pip" install -q "$TORCH_PIN" &&
+           "$VENV/bin/pip" install -q -e "$REPO_DIR[test,bench]"; } >"$log" 2>&1; then
+        tail -30 "$log"
+        echo "setup: pip install failed (full log: $log)" >&2
+        return 1
+    fi
     # Guard against anything above having replaced the CPU torch.
     "$VENV/bin/python" -c "import torch, sys; v = torch.__version__; \
 sys.exit(0 if v.startswith('2.13.0') and '+cpu' in v else f'unexpected torch {v}')"

@@ -15,10 +15,10 @@ import torch
 from handlers.settings import parse_settings
 from handlers.tasks import make_task
 from launcher import server
+from launcher.server import post
 from model_store.build import STORE_DIR, build_archive
 from tests.support.itt import TORCH_DOMAIN, itt_env, read_itt_events
 from tests.support.models import eager_model, model_dir_for
-from tests.support.serving import post
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = STORE_DIR / "samples" / "shapes.jpg"
