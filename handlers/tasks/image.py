@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from handlers.errors import BadInput
 from handlers.settings import HandlerSettings
+from handlers.tasks.labels import read_labels
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
@@ -67,13 +68,7 @@ class ImageClassification:
 
     def __init__(self, settings: HandlerSettings, model_dir: Path) -> None:
         self.settings = settings
-        self.labels = self._labels(model_dir / "index_to_name.json")
-
-    @staticmethod
-    def _labels(path: Path) -> dict[int, str]:
-        if not path.exists():
-            return {}
-        return {int(k): str(v) for k, v in json.loads(path.read_text()).items()}
+        self.labels = read_labels(model_dir)
 
     def decode(self, body: object, content_type: str | None) -> np.ndarray:
         """HxWx3 uint8 pixels of the centre crop."""

@@ -14,6 +14,7 @@ from tokenizers import Tokenizer
 
 from handlers.errors import BadInput
 from handlers.settings import HandlerSettings
+from handlers.tasks.labels import read_labels
 
 TEXT_TYPES = ("text/", "application/json", "application/octet-stream")
 
@@ -50,13 +51,7 @@ class TextTask:
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
         self.pad_id = self.tokenizer.token_to_id("[PAD]") or 0
-        self.labels = self._labels(model_dir / "index_to_name.json")
-
-    @staticmethod
-    def _labels(path: Path) -> dict[int, str]:
-        if not path.exists():
-            return {}
-        return {int(k): str(v) for k, v in json.loads(path.read_text()).items()}
+        self.labels = read_labels(model_dir)
 
     def decode(self, body: object, content_type: str | None) -> list[int]:
         encoding = self.tokenizer.encode(request_text(body, content_type))

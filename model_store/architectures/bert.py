@@ -24,6 +24,14 @@ MINILM_CONFIG = {
 }
 
 
+def first_output(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 token_type_ids: torch.Tensor) -> torch.Tensor:
+    """The first tensor of a Hugging Face model's tuple output."""
+    output = model(input_ids=input_ids, attention_mask=attention_mask,
+                   token_type_ids=token_type_ids, return_dict=False)
+    return output[0]
+
+
 class BertClassifier(nn.Module):
     """BERT-base sequence classification (transformers' BertConfig() defaults, 2 labels)."""
 
@@ -34,13 +42,7 @@ class BertClassifier(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
     ) -> torch.Tensor:
-        output = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            return_dict=False,
-        )
-        return output[0]
+        return first_output(self.model, input_ids, attention_mask, token_type_ids)
 
 
 class SentenceEmbedder(nn.Module):
@@ -53,12 +55,7 @@ class SentenceEmbedder(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
     ) -> torch.Tensor:
-        hidden = self.bert(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            return_dict=False,
-        )[0]
+        hidden = first_output(self.bert, input_ids, attention_mask, token_type_ids)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return nn.functional.normalize(pooled, p=2.0, dim=1)
