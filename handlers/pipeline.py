@@ -121,6 +121,11 @@ def step_ipex_or_native(stage: Stage, ctx: StepContext) -> Stage:
 
 def step_channels_last(stage: Stage, ctx: StepContext) -> Stage:
     module = _as_module(stage, "channels_last")
+    if "ipex" in stage.applied:
+        # ipex.optimize swaps nn.Conv2d for _IPEXConv2d with weights prepacked for oneDNN:
+        # `.to(channels_last)` then raises "required rank 4 tensor", and IPEX's convs take
+        # either input layout (measured in the lane: NCHW inputs lose nothing).
+        return stage.then("channels_last", module, "skipped (IPEX prepacked the weights)")
     wanted = ctx.channels_last if ctx.channels_last is not None else has_convolutions(module)
     if not wanted:
         return stage.then("channels_last", module, "skipped (no convolutions)")

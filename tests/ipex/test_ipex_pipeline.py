@@ -1,0 +1,82 @@
+"""ipex.optimize in the handler's default pipeline, on the real models, fp32 and bf16.
+
+Checked the way a user would: the optimizer keeps the IPEX candidate (no fallback), the
+frozen graph runs IPEX's fused kernels after the profiling executor's warm-up runs, and
+outputs on inputs other than the example stay within the accuracy gate.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from handlers.accuracy import compare
+from handlers.optimizer import optimize, thresholds_for
+from handlers.pipeline import call_stage, prepare_inputs
+from handlers.settings import parse_settings
+from handlers.tasks import make_task
+from tests.support.ipex_lane import IPEX, requires_ipex
+from tests.support.models import eager_model, model_dir_for
+
+pytestmark = [requires_ipex, pytest.mark.integration]
+
+SECTIONS = {"resnet50": {"task": "image_classification"},
+            "bert": {"task": "text_classification", "max_length": 64}}
+# Fused ops seen in graph_for with IPEX 2.8.0 (bf16 BERT's linears fuse with add/gelu).
+FUSED = {
+    ("resnet50", "fp32"): ["ipex_prepack::convolution_relu_run",
+                           "ipex_prepack::convolution_bottleneck_run"],
+    ("resnet50", "bf16"): ["ipex_prepack::convolution_relu_run",
+                           "ipex_prepack::convolution_bottleneck_run"],
+    ("bert", "fp32"): ["ipex::add_layernorm", "ipex_prepack::mkl_sgemm_run"],
+    ("bert", "bf16"): ["ipex_prepack::linear_add_run", "ipex_prepack::linear_gelu_run"],
+}
+
+
+def graph_ops(module: torch.jit.ScriptModule, inputs: tuple[torch.Tensor, ...]) -> Counter:
+    """Op kinds of the graph the profiling executor specialised for `inputs`."""
+    return Counter(re.findall(r"= ([\w:]+)\(", str(module.graph_for(*inputs))))
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("name", ["resnet50", "bert"])
+def test_default_pipeline_applies_ipex(name: str, dtype: str, tmp_path: Path) -> None:
+    settings = parse_settings({**SECTIONS[name], "dtype": dtype})
+    task = make_task(settings, model_dir_for(name, tmp_path))
+    model = eager_model(name)
+    chosen = optimize(model, task.example_inputs(1), settings, IPEX, task.classifies)
+    assert not chosen.rejected
+    assert chosen.plan.name == "default" and chosen.dtype == dtype
+    assert chosen.stage.applied[0] == "ipex"
+    assert f"ipex: {IPEX.reason}" in chosen.stage.notes
+
+    inputs = task.example_inputs(3)
+    if name == "resnet50":
+        inputs = (inputs[0] * 0.5 + 0.1,)
+    for _ in range(3):  # the profiling executor fuses on the second run
+        call_stage(chosen.stage, inputs)
+    module = chosen.stage.module
+    assert isinstance(module, torch.jit.ScriptModule)
+    ops = graph_ops(module, prepare_inputs(inputs, chosen.stage.channels_last))
+    for op in FUSED[(name, dtype)]:
+        assert ops[op] >= 1, sorted(ops)
+    assert not ops["aten::conv2d"] and not ops["aten::linear"], sorted(ops)
+
+    with torch.no_grad():
+        reference = model(*inputs)
+    agreement = compare(reference, call_stage(chosen.stage, inputs),
+                        thresholds_for(chosen.plan, settings, task.classifies))
+    assert agreement.passed, agreement.failures
+
+
+def test_channels_last_request_keeps_ipex_pipeline(tmp_path: Path) -> None:
+    """IPEX's prepacked convs cannot be converted to channels-last: the step must skip."""
+    settings = parse_settings({"task": "image_classification", "channels_last": True})
+    task = make_task(settings, model_dir_for("resnet50", tmp_path))
+    chosen = optimize(eager_model("resnet50"), task.example_inputs(1), settings, IPEX, True)
+    assert not chosen.rejected and chosen.plan.name == "default"
+    assert "channels_last: skipped (IPEX prepacked the weights)" in chosen.stage.notes
