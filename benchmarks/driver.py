@@ -12,6 +12,7 @@ import json
 import shutil
 import socket
 import sys
+import tempfile
 import time
 import traceback
 import zipfile
@@ -29,6 +30,8 @@ from benchmarks.serving import start_served
 from benchmarks.targets import check_targets, with_ratios
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: Built archives and their weights, kept between invocations (building ResNet-50 takes a while).
+ARCHIVES = Path(tempfile.gettempdir()) / "torchserve-cpu-bench" / "archives"
 
 
 @dataclass(frozen=True)
@@ -76,11 +79,11 @@ def failed_row(scenario: Scenario, case: ModelCase, load: Load, reason: str) -> 
     )
 
 
-def _save_configs(run_dir: Path, archive: Path | None, dest: Path) -> None:
+def _save_configs(run_dir: Path, ts_dir: Path, archive: Path | None, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("ts/config.properties", "env.json"):
-        if (run_dir / name).exists():
-            shutil.copy(run_dir / name, dest / Path(name).name)
+    for path in (ts_dir / "config.properties", run_dir / "env.json"):
+        if path.exists():
+            shutil.copy(path, dest / path.name)
     if archive and archive.exists():
         with zipfile.ZipFile(archive) as mar:
             for member in mar.namelist():
@@ -88,8 +91,8 @@ def _save_configs(run_dir: Path, archive: Path | None, dest: Path) -> None:
                     (dest / Path(member).name).write_bytes(mar.read(member))
 
 
-def _save_logs(run_dir: Path, dest: Path) -> None:
-    logs = run_dir / "ts" / "logs"
+def _save_logs(ts_dir: Path, dest: Path) -> None:
+    logs = ts_dir / "logs"
     if logs.exists():
         shutil.copytree(logs, dest, dirs_exist_ok=True)
 
@@ -107,7 +110,9 @@ class References:
 
         optimized = scenario.handler == HANDLER_OURS and case.archive is None and \
             scenario.handler_overrides.get("optimize", "default") != "eager"
-        key = (case.name, optimized, tuple(sorted(scenario.handler_overrides.items())))
+        # Every eager scenario serves the same model: one eager raw loop per model case.
+        overrides = tuple(sorted(scenario.handler_overrides.items())) if optimized else ()
+        key = (case.name, optimized, overrides)
         if key not in self.cache:
             progress(f"  raw loop of {case.name} ({'optimized' if optimized else 'eager'})")
             try:
@@ -140,10 +145,11 @@ def run_one(
     load = load_for(case, settings.load)
     stem = f"{case.name}-{scenario.name}".replace("+", "-")
     run_dir = out / "raw" / stem
-    archives = out / "raw" / "archives"
+    archives = ARCHIVES
+    ts_dir = Path(tempfile.mkdtemp(prefix="tsbench-"))  # short: see start_served
     served = None
     try:
-        served = start_served(scenario, case, load, run_dir, archives, settings.template)
+        served = start_served(scenario, case, load, run_dir, ts_dir, archives, settings.template)
         progress(f"  ready (workers {served.server.worker_pids(served.model_name)}); ab -k "
                  f"-c {load.concurrency} -n {load.requests} after warm-up")
         row = measure(served, scenario, case, load, run_dir)
@@ -155,8 +161,9 @@ def run_one(
     finally:
         if served is not None:
             served.server.stop()
-        _save_configs(run_dir, served.archive if served else None, out / "configs" / stem)
-        _save_logs(run_dir, out / "raw" / stem / "logs")
+        _save_configs(run_dir, ts_dir, served.archive if served else None, out / "configs" / stem)
+        _save_logs(ts_dir, run_dir / "logs")
+        shutil.rmtree(ts_dir, ignore_errors=True)
     if refs is not None:
         row = refs.fill(row, scenario, case, served.archive)
     return row

@@ -11,7 +11,7 @@ from benchmarks.metrics import LogCursor, model_times, parse_metric_lines
 from benchmarks.plan import Load, ModelCase
 from benchmarks.results import Row
 from benchmarks.scenarios import Scenario
-from benchmarks.serving import Served, affinity, loaded_allocator
+from benchmarks.serving import Served, affinity, loaded_allocator, served_pipeline
 
 
 def measure(
@@ -46,6 +46,13 @@ def measure(
     items_per_s = result.requests_per_s * (items / result.complete if result.complete else 0)
     means = times.means
     latency_us = means.get("inference_latency_us")
+    model_log = served.server.log_dir / "model_log.log"
+    log_text = model_log.read_text(errors="replace") if model_log.exists() else ""
+    reported = served_pipeline(log_text)
+    dtype, note = scenario.dtype, scenario.note
+    if reported is not None:
+        dtype = reported[0]
+        note = f"{note}; served pipeline {reported[1]}".lstrip("; ")
     return Row(
         benchmark="AB",
         batch_size=case.batch_size,
@@ -72,7 +79,7 @@ def measure(
         cpu_percentage_mean=means.get("cpu_percentage"),
         memory_percentage_mean=means.get("memory_percentage"),
         scenario=scenario.name,
-        dtype=scenario.dtype,
+        dtype=dtype,
         items_per_s=items_per_s,
         length_mismatches=result.length_mismatches,
         non_2xx=result.non_2xx,
@@ -85,7 +92,7 @@ def measure(
         page_faults_per_request=in_workers.faults / result.complete if result.complete else None,
         allocator=loaded_allocator(workers[0]) if workers else "unknown",
         worker_affinity=" | ".join(affinity(pid) for pid in workers),
-        note=scenario.note,
+        note=note,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,27 +81,12 @@ def properties_for(
 
 
 def env_for(scenario: Scenario, load: Load) -> dict[str, str]:
-    """Extra environment of the frontend (inherited by its workers)."""
+    """Extra environment of the frontend (inherited by its workers); our launcher adds its
+    own (allocator preload, MALLOC_CONF, its config path) in `start_served`."""
     env: dict[str, str] = {}
     if scenario.set_threads:
         env[THREADS_ENV] = str(max(1, cores() // load.workers))
-    if scenario.launch == LAUNCH_OURS:
-        env.update(launcher_environment(scenario.launcher_args, load.workers))
     return env
-
-
-def launcher_environment(launcher_args: str, workers: int) -> dict[str, str]:
-    """The allocator environment our launcher sets (LD_PRELOAD, MALLOC_CONF), as data.
-
-    Wiring point: launcher/environment.py exposes it once it lands; until then the
-    scenarios that need it cannot run and say so.
-    """
-    try:
-        from launcher import environment  # type: ignore[attr-defined]
-    except ImportError as error:
-        raise RuntimeError("launcher/environment.py is not there yet: "
-                           "the pinned/optimized scenarios need it") from error
-    return dict(environment.worker_environment(launcher_args, workers))
 
 
 def read_template(path: Path | None) -> dict[str, str]:
@@ -108,10 +94,13 @@ def read_template(path: Path | None) -> dict[str, str]:
 
 
 def start_served(
-    scenario: Scenario, case: ModelCase, load: Load, run_dir: Path,
+    scenario: Scenario, case: ModelCase, load: Load, run_dir: Path, ts_dir: Path,
     archive_dir: Path, template: Mapping[str, str] | None = None, timeout_s: float = 600,
 ) -> Served:
-    """Build (or take) the archive, start TorchServe on it and wait for every worker."""
+    """Build (or take) the archive, start TorchServe on it and wait for every worker.
+
+    `run_dir` keeps what the run used; `ts_dir` is TorchServe's own (TEMP, logs) and must have
+    a short path: workers put their AF_UNIX sockets in TEMP, limited to 108 bytes (unix(7))."""
     archive = archive_for(scenario, case, load, archive_dir)
     model_name = archive.stem
     properties = properties_for(scenario, load, template)
@@ -119,26 +108,23 @@ def start_served(
     run_dir.mkdir(parents=True, exist_ok=True)
     template_path = run_dir / "template.properties"
     write_properties(template_path, properties)
+    models = [f"{model_name}={archive.name}"]
+    if scenario.launch == LAUNCH_OURS:
+        # The launcher's serve path: plan checked, allocator preloaded, workers pin themselves.
+        from launcher import serve
+
+        server, prepared = serve.start(template_path, archive.parent, models,
+                                       run_dir=ts_dir, extra_env=env)
+        env = {**prepared.env, **env}
+    else:
+        server = start(template_path, archive.parent, models, env=env, run_dir=ts_dir)
     (run_dir / "env.json").write_text(json.dumps(env, indent=2, sort_keys=True) + "\n")
-    server = start(template_path, archive.parent, [f"{model_name}={archive.name}"],
-                   env=env, run_dir=run_dir / "ts")
     try:
         server.wait_ready([model_name], timeout=timeout_s)
     except BaseException:
         server.stop()
         raise
     return Served(server, model_name, archive, properties, env)
-
-
-def worker_environ(pid: int) -> dict[str, str]:
-    """What a worker really runs with (LD_PRELOAD, MALLOC_CONF, OMP_*): evidence, not intent."""
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
-    keep = ("LD_PRELOAD", "MALLOC_CONF", "OMP_NUM_THREADS", "KMP_AFFINITY", THREADS_ENV)
-    return {k.decode(): v.decode(errors="replace") for k, v in pairs if k.decode() in keep}
 
 
 def loaded_allocator(pid: int) -> str:
@@ -158,3 +144,13 @@ def affinity(pid: int) -> str:
         return ",".join(str(c) for c in sorted(os.sched_getaffinity(pid)))
     except OSError:
         return ""
+
+
+_READY = re.compile(r"ready model=\S+ pipeline=(\S+) .*?dtype=(\w+)")
+
+
+def served_pipeline(log_text: str) -> tuple[str, str] | None:
+    """(dtype, pipeline) our handler reports in its `ready` line: what a worker really runs
+    after its accuracy gate (a bf16 request may come back fp32). None for other handlers."""
+    match = _READY.search(log_text)
+    return (match.group(2), match.group(1)) if match else None

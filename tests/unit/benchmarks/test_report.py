@@ -71,3 +71,13 @@ def test_summary_and_plots(tmp_path: Path) -> None:
     assert all((tmp_path / p).read_bytes()[:4] == b"\x89PNG" for p in plots)
     text = summary_markdown(rows, check_targets(rows), {"hostname": "h"}, ["peak"], {}, plots)
     assert "**10.00x stock**" in text and "![throughput](throughput.png)" in text
+
+
+def test_served_pipeline_from_ready_line() -> None:
+    from benchmarks.serving import served_pipeline
+
+    line = ("2026-11-21T06:28:56,204 [INFO ] W-9000-resnet50-optimized_1.0-stdout MODEL_LOG - "
+            "ready model=resnet50-optimized pipeline=default[ipex_or_native>channels_last>trace]"
+            " ipex=not installed dtype=fp32 load=2.1s intra_op_threads=1 affinity=0")
+    assert served_pipeline(line) == ("fp32", "default[ipex_or_native>channels_last>trace]")
+    assert served_pipeline("Torch worker started.") is None
