@@ -208,8 +208,15 @@ def _proc_state(pid: int) -> str | None:
 def server_env(run_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment for the frontend: own TEMP, logs in run_dir, this venv first on PATH."""
     env = dict(os.environ)
-    tmp = run_dir / "tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
+    # TEMP holds the pid file and the workers' Unix sockets, whose paths may not exceed
+    # 107 bytes (AF_UNIX): a deep run_dir (pytest's tmp_path) is too long, so TEMP is a
+    # short directory of its own, linked from run_dir for people reading the logs.
+    tmp = Path(tempfile.mkdtemp(prefix="ts-", dir="/tmp"))
+    link = run_dir / "tmp"
+    if link.is_symlink():
+        link.unlink()
+    if not link.exists():
+        link.symlink_to(tmp)
     env["TEMP"] = str(tmp)
     env["LOG_LOCATION"] = str(run_dir / "logs")
     env["METRICS_LOCATION"] = str(run_dir / "logs")
@@ -254,7 +261,7 @@ def start(
     with start_log.open("wb") as output:
         result = subprocess.run(command, env=process_env, cwd=run_dir, stdout=output,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=120)
-    pid_file = run_dir / "tmp" / ".model_server.pid"
+    pid_file = Path(process_env["TEMP"]) / ".model_server.pid"
     if result.returncode != 0 or not pid_file.exists():
         raise ServerError(
             f"torchserve --start failed ({result.returncode}): {start_log.read_text()[-2000:]}"
