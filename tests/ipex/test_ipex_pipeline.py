@@ -80,3 +80,17 @@ def test_channels_last_request_keeps_ipex_pipeline(tmp_path: Path) -> None:
     chosen = optimize(eager_model("resnet50"), task.example_inputs(1), settings, IPEX, True)
     assert not chosen.rejected and chosen.plan.name == "default"
     assert "channels_last: skipped (IPEX prepacked the weights)" in chosen.stage.notes
+
+
+def test_graph_that_breaks_after_profiling_is_rejected(tmp_path: Path) -> None:
+    """With IPEX imported, its fusion pass breaks a native graph after optimize_for_inference
+    on the second call: the optimizer must see that and fall back, not serve it."""
+    steps = ["native", "channels_last", "trace", "freeze", "optimize_for_inference"]
+    settings = parse_settings({"task": "image_classification", "optimize": steps})
+    task = make_task(settings, model_dir_for("resnet50", tmp_path))
+    chosen = optimize(eager_model("resnet50"), task.example_inputs(1), settings, IPEX, True)
+    assert chosen.plan.name == "eager"
+    # The interpreter's first line is all the optimizer keeps; the cause is further down.
+    assert chosen.rejected[0].startswith("custom[native>") and "RuntimeError" in chosen.rejected[0]
+    for _ in range(3):
+        chosen(*task.example_inputs(1))
