@@ -50,11 +50,11 @@ def headline(rows: Sequence[Row]) -> list[str]:
         if not ok:
             continue
         best = max(ok, key=lambda r: r.items_per_s)
-        out.append(
-            f"- **{model}**: best `{best.scenario}` ({best.dtype}) {best.items_per_s:.1f} items/s"
-            f" = **{_ratio(best.ratio_to_stock)} stock**,"
-            f" {_ratio(best.ratio_to_torchserve_launcher)} TorchServe's own launcher"
-        )
+        line = (f"- **{model}**: best `{best.scenario}` ({best.dtype}) "
+                f"{best.items_per_s:.1f} items/s = **{_ratio(best.ratio_to_stock)} stock**")
+        if best.ratio_to_torchserve_launcher is not None:
+            line += f", {_ratio(best.ratio_to_torchserve_launcher)} TorchServe's own launcher"
+        out.append(line)
     return out
 
 
@@ -76,6 +76,9 @@ def summary_markdown(
         f"{facts.get('cpu_model')}, {facts.get('logical_cpus')} CPUs, "
         f"torch {facts.get('torch')}, TorchServe {facts.get('torchserve')}. "
         f"Load: {settings.get('load')}. Every run: ab -k, warm-up of ~1/10 of the requests first.",
+        "",
+        f"Machine load average when the run started: {facts.get('load_average_at_start')} "
+        "(other work on these cores lowers every figure, the 2-thread raw loop most).",
         "",
         "## Headline (ratio to `stock`)",
         "",
