@@ -61,6 +61,9 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("optimized-bf16", HANDLER_OURS, LAUNCH_OURS, "",
                  {"optimize": "default", "dtype": "bf16"},
                  note="bf16 only where the handler's accuracy gate passes"),
+        Scenario("optimized-compile-bf16", HANDLER_OURS, LAUNCH_OURS, "",
+                 {"optimize": "compile", "dtype": "bf16"},
+                 note="torch.compile under bf16 autocast, behind the same accuracy gate"),
     )
 }
 

@@ -6,6 +6,7 @@ import pytest
 
 from benchmarks.cli import QUICK_SCENARIOS, main, parser, settings_from
 from benchmarks.plan import load_for
+from benchmarks.scenarios import SCENARIOS
 
 
 def settings(*argv: str):
@@ -16,7 +17,7 @@ def test_default_fits_two_cores_and_runs_everything() -> None:
     s = settings()
     assert (s.load.workers, s.load.concurrency, s.load.requests) == (2, 8, 400)
     assert [c.name for c in s.cases] == ["resnet50", "resnet50-b8", "bert"]
-    assert len(s.scenarios) == 9 and s.scenarios[0].name == "stock"
+    assert len(s.scenarios) == len(SCENARIOS) and s.scenarios[0].name == "stock"
 
 
 def test_quick_is_small() -> None:
