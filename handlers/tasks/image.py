@@ -90,9 +90,13 @@ class ImageClassification:
                 image = image.convert("RGB").resize((size, size), Image.BILINEAR, box=box)
         except BadInput:
             raise
-        except (UnidentifiedImageError, Image.DecompressionBombError,
-                Image.DecompressionBombWarning) as error:
-            raise BadInput(f"cannot decode image: {error}") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            # Pillow refuses these in Image.open, before our own limit is checked: the
+            # same kind of refusal, so the same 413.
+            raise BadInput(f"image exceeds the pixel limit: {error}", 413) from None
+        except UnidentifiedImageError:  # Pillow's message only names the BytesIO object
+            raise BadInput("cannot decode image: not a format Pillow reads (JPEG, PNG, ...)"
+                           ) from None
         except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data
             raise BadInput(f"cannot decode image: {error}") from None
         return np.asarray(image)
