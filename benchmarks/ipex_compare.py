@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import multiprocessing
+import os
 import platform
 import sys
 import tempfile
@@ -133,7 +134,8 @@ def markdown(rows: Sequence[Row], machine: dict[str, object]) -> str:
         f"# ResNet-50 raw img/s, IPEX vs native ({machine['date']})",
         "",
         f"torch {machine['torch']}, ipex {machine['ipex']}, {machine['threads']} threads, "
-        f"{machine['cpu']}",
+        f"{machine['cpu']}; 1-min load average {machine['load_before']:.1f} before, "
+        f"{machine['load_after']:.1f} after (candidates interleaved, best round kept)",
         "",
         "| path | asked | kept | batch | img/s | vs native | pipeline |",
         "| --- | --- | --- | ---: | ---: | ---: | --- |",
@@ -161,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]  # the machine is shared: say how busy it was
     try:
         rows = measure(args.batches, args.seconds, args.rounds)
     except (RuntimeError, EOFError) as error:  # EOFError: a worker died (its traceback above)
@@ -170,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
 
     machine = {"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(),
                "torch": torch.__version__, "ipex": version("intel-extension-for-pytorch"),
-               "threads": torch.get_num_threads(), "cpu": cpu_model()}
+               "threads": torch.get_num_threads(), "cpu": cpu_model(),
+               "load_before": load_before, "load_after": os.getloadavg()[0]}
     out = args.out / f"{time.strftime('%Y-%m-%d')}-{platform.node()}-ipex"
     out.mkdir(parents=True, exist_ok=True)
     table = markdown(rows, machine)
