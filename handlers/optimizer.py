@@ -77,6 +77,15 @@ def time_stage(stage: Stage, example: Inputs, iterations: int = 5) -> float:
     return statistics.median(samples)
 
 
+def error_summary(error: Exception) -> str:
+    """One line about a backend failure. TorchScript errors open with a generic line
+    ("The following operation failed in the TorchScript interpreter.") and end with the
+    real cause, so both ends are kept."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = " ... ".join(dict.fromkeys([lines[0], lines[-1]])) if lines else ""
+    return f"{type(error).__name__}: {text}"[:400]
+
+
 def checked_output(stage: Stage, example: Inputs) -> torch.Tensor:
     """The output of the graph that will serve, not of the first call.
 
@@ -111,8 +120,7 @@ def optimize(
             agreement = compare(reference, checked_output(stage, example),
                                 thresholds_for(plan, settings, classifies))
         except Exception as error:  # noqa: BLE001 - any failing backend falls back
-            reason = f"{plan.describe()} failed: {type(error).__name__}: {error}"
-            rejected.append(reason.splitlines()[0][:300])
+            rejected.append(f"{plan.describe()} failed: {error_summary(error)}")
             log.warning("optimizer: %s", rejected[-1])
             continue
         if not agreement.passed:

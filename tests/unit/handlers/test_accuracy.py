@@ -32,3 +32,14 @@ def test_non_finite_and_shape_mismatch_fail() -> None:
     reference = torch.ones(2, 3)
     assert not compare(reference, torch.full((2, 3), float("nan")), FP32_THRESHOLDS).passed
     assert not compare(reference, torch.ones(2, 4), FP32_THRESHOLDS).passed
+
+
+def test_error_summary_keeps_both_ends_of_torchscript_errors() -> None:
+    from handlers.optimizer import error_summary
+
+    error = RuntimeError("The following operation failed in the TorchScript interpreter.\n"
+                         "Traceback of TorchScript ...\n  frame\nRuntimeError: the real cause\n")
+    summary = error_summary(error)
+    assert summary.startswith("RuntimeError: The following operation failed")
+    assert summary.endswith("RuntimeError: the real cause")
+    assert error_summary(ValueError("one line")) == "ValueError: one line"
