@@ -7,7 +7,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from launcher_probe import allowed_list, ask, env_with_registry, wait_for, write_config
+from tests.integration.launcher.launcher_probe import allowed_list, ask, env_with_registry, wait_for, write_config
 
 from launcher import serve, server
 from launcher.doctor import inspect
