@@ -7,12 +7,18 @@ import signal
 from pathlib import Path
 
 import pytest
-from tests.integration.launcher.launcher_probe import allowed_list, ask, env_with_registry, wait_for, write_config
 
 from launcher import serve, server
 from launcher.doctor import inspect
 from launcher.procfs import mapped_allocator
 from launcher.registry import all_claims
+from tests.integration.launcher.launcher_probe import (
+    allowed_list,
+    ask,
+    env_with_registry,
+    wait_for,
+    write_config,
+)
 
 
 @pytest.fixture(scope="module")
