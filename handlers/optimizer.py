@@ -18,12 +18,22 @@ from torch import nn
 
 from handlers.accuracy import FP32_THRESHOLDS, Agreement, compare
 from handlers.ipex_support import IpexStatus
-from handlers.pipeline import PRESET_STEPS, Inputs, Plan, Stage, StepContext, call_stage, run_steps
+from handlers.pipeline import (
+    PRESET_STEPS,
+    Inputs,
+    Plan,
+    Stage,
+    StepContext,
+    call_stage,
+    run_steps,
+    set_onednn_graph,
+)
 from handlers.settings import GateThresholds, HandlerSettings
 
 log = logging.getLogger(__name__)
 
 AUTO_ORDER = ("default", "compile", "eager")
+FALLBACKS = {"default": ("jit",)}  # tried, in order, before eager
 PROFILED_CALLS = 3  # calls before TorchScript's profiling executor runs the optimized graph
 
 
@@ -52,7 +62,8 @@ def candidate_plans(settings: HandlerSettings) -> list[Plan]:
     elif settings.optimize == "auto":
         names = [(name, PRESET_STEPS[name]) for name in AUTO_ORDER]
     else:
-        names = [(settings.optimize, PRESET_STEPS[settings.optimize])]
+        chain = (settings.optimize, *FALLBACKS.get(settings.optimize, ()))
+        names = [(name, PRESET_STEPS[name]) for name in chain]
     precisions = [True, False] if settings.dtype == "bf16" else [False]
     plans = [Plan(name, steps, bf16) for name, steps in names for bf16 in precisions]
     eager = Plan("eager", ())
@@ -115,6 +126,9 @@ def optimize(
     rejected: list[str] = []
     accepted: list[tuple[Plan, Stage, Agreement]] = []
     for plan in candidate_plans(settings):
+        # oneDNN Graph fusion is process-wide: on only for the plans that ask for it
+        # (optimize_for_inference graphs fail with it).
+        set_onednn_graph("onednn_graph" in plan.steps)
         try:
             stage = run_steps(model, plan, ctx)
             agreement = compare(reference, checked_output(stage, example),
@@ -135,6 +149,8 @@ def optimize(
         timings = [(p.describe(), time_stage(s, example)) for p, s, _ in accepted]
         fastest = min(range(len(accepted)), key=lambda i: timings[i][1])
         plan, stage, agreement = accepted[fastest]
+        set_onednn_graph(stage.onednn_graph)
         return Optimized(stage, plan, agreement, tuple(rejected), tuple(timings))
     plan, stage, agreement = accepted[0]
+    set_onednn_graph(stage.onednn_graph)
     return Optimized(stage, plan, agreement, tuple(rejected))

@@ -29,6 +29,7 @@ class Stage:
     bf16: bool = False
     channels_last: bool = False
     autocast: bool = False  # run under CPU bf16 autocast (eager and compiled graphs)
+    onednn_graph: bool = False  # TorchScript graphs get oneDNN Graph (LLGA) fusion
     applied: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
 
@@ -154,9 +155,32 @@ def step_freeze(stage: Stage, ctx: StepContext) -> Stage:
         return stage.then("freeze", torch.jit.freeze(stage.module.eval()))
 
 
+def set_onednn_graph(enabled: bool) -> None:
+    """oneDNN Graph fusion is a process-wide switch of the TorchScript executor."""
+    torch.jit.enable_onednn_fusion(enabled)
+
+
+def step_onednn_graph(stage: Stage, ctx: StepContext) -> Stage:
+    """Let the TorchScript executor hand fusable subgraphs to oneDNN Graph (LLGA).
+
+    Measured here, one thread, traced + frozen: ResNet-50 fp32 11.4 -> 13.5 img/s and
+    bf16 18.5 -> 26.7 img/s; BERT-base fp32 3.9 -> 4.8 and bf16 7.6 -> 8.7 seq/s.
+    IPEX brings its own fusion passes, so this is the native path's equivalent.
+    """
+    if "ipex" in stage.applied:
+        return stage.then("onednn_graph", stage.module, "skipped (IPEX fuses on its own)")
+    set_onednn_graph(True)
+    return stage.then("onednn_graph", stage.module, onednn_graph=True)
+
+
 def step_optimize_for_inference(stage: Stage, ctx: StepContext) -> Stage:
     if not isinstance(stage.module, torch.jit.ScriptModule):
         raise StepError("optimize_for_inference needs a traced model")
+    if stage.onednn_graph:
+        # Its MKLDNN rewrites and oneDNN Graph fusion do not mix: the graph then fails at
+        # run time (seen here: "vector::_M_range_check" on the first call).
+        return stage.then("optimize_for_inference", stage.module,
+                          "skipped (oneDNN Graph fusion is on; they conflict)")
     with quiet_jit():
         return stage.then("optimize_for_inference",
                           torch.jit.optimize_for_inference(stage.module))
@@ -174,6 +198,7 @@ STEPS: dict[str, Callable[[Stage, StepContext], Stage]] = {
     "ipex_or_native": step_ipex_or_native,
     "ipex": step_ipex,
     "native": step_native,
+    "onednn_graph": step_onednn_graph,
     "channels_last": step_channels_last,
     "trace": step_trace,
     "freeze": step_freeze,
@@ -183,7 +208,10 @@ STEPS: dict[str, Callable[[Stage, StepContext], Stage]] = {
 
 PRESET_STEPS: dict[str, tuple[str, ...]] = {
     "eager": (),
-    "default": ("ipex_or_native", "channels_last", "trace", "freeze", "optimize_for_inference"),
+    "default": ("ipex_or_native", "channels_last", "onednn_graph", "trace", "freeze",
+                "optimize_for_inference"),
+    # the TorchScript path without oneDNN Graph: the fallback when fusion fails
+    "jit": ("ipex_or_native", "channels_last", "trace", "freeze", "optimize_for_inference"),
     "compile": ("native", "channels_last", "compile"),
 }
 

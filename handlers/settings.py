@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
 TASKS = ("image_classification", "text_classification", "text_embedding")
-PRESETS = ("default", "eager", "compile", "auto")
+PRESETS = ("default", "jit", "eager", "compile", "auto")
 DTYPES = ("fp32", "bf16")
 TRUNCATION = ("truncate", "reject")
 

@@ -33,7 +33,7 @@ def _task_section(name: str) -> dict:
             "minilm": {"task": "text_embedding", "max_length": 64}}[name]
 
 
-@pytest.mark.parametrize("preset", ["eager", "default", "compile"])
+@pytest.mark.parametrize("preset", ["eager", "default", "jit", "compile"])
 @pytest.mark.parametrize("name", MODELS)
 def test_backend_matches_eager(name: str, preset: str, tmp_path) -> None:
     model = eager_model(name)
@@ -52,6 +52,9 @@ def test_backend_matches_eager(name: str, preset: str, tmp_path) -> None:
         assert "native: native (conv+bn folded)" in optimized.stage.notes
     if preset == "default":
         assert isinstance(optimized.stage.module, torch.jit.ScriptModule)
+        assert optimized.stage.onednn_graph
+        assert "optimize_for_inference: skipped (oneDNN Graph fusion is on; they conflict)" \
+            in optimized.stage.notes
 
 
 def test_bf16_gate_passes_with_default_thresholds(tmp_path) -> None:
@@ -95,7 +98,7 @@ def test_auto_keeps_the_fastest_passing_candidate(tmp_path) -> None:
     optimized = optimize(eager_model("minilm"), task.example_inputs(1), settings, NO_IPEX,
                          task.classifies)
     timings = dict(optimized.timings_ms)
-    assert set(timings) == {"default[ipex_or_native>channels_last>trace>freeze>"
+    assert set(timings) == {"default[ipex_or_native>channels_last>onednn_graph>trace>freeze>"
                             "optimize_for_inference]", "compile[native>channels_last>compile]",
                             "eager[eager]"}
     assert timings[optimized.plan.describe()] == min(timings.values())
