@@ -126,9 +126,9 @@ def optimize(
     rejected: list[str] = []
     accepted: list[tuple[Plan, Stage, Agreement]] = []
     for plan in candidate_plans(settings):
-        # oneDNN Graph fusion is process-wide: on only for the plans that ask for it
-        # (optimize_for_inference graphs fail with it).
-        set_onednn_graph("onednn_graph" in plan.steps)
+        # oneDNN Graph fusion is process-wide: off unless this plan's step turns it on
+        # (optimize_for_inference graphs fail with it; IPEX plans skip it).
+        set_onednn_graph(False)
         try:
             stage = run_steps(model, plan, ctx)
             agreement = compare(reference, checked_output(stage, example),
