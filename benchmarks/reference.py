@@ -90,7 +90,7 @@ def measure_reference(
             manifest, config = _unpack(archive, model_dir)
             settings = parse_settings(config.get("handler"))
             task = make_task(settings, model_dir)
-            eager, _ = load_model(model_dir, manifest)
+            eager = load_model(model_dir, manifest)
             sample = task.decode(body, content_type)
             inputs = task.collate([sample] * batch)
             flops = count_flops(eager, task.collate([sample]))

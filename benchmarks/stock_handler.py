@@ -36,7 +36,7 @@ class StockHandler(BaseHandler):
         yaml_config = getattr(context, "model_yaml_config", None) or {}
         settings = parse_settings(yaml_config.get("handler"))
         self.task = make_task(settings, model_dir)
-        self.model, _ = load_model(model_dir, context.manifest)  # type: ignore[attr-defined]
+        self.model = load_model(model_dir, context.manifest)  # type: ignore[attr-defined]
         self.initialized = True
 
     def preprocess(self, data: list[dict]) -> Inputs:

@@ -49,8 +49,8 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_model(model_dir: Path, manifest: dict) -> tuple[nn.Module, bool]:
-    """The model in eval mode, and whether it is already TorchScript."""
+def load_model(model_dir: Path, manifest: dict) -> nn.Module:
+    """The model in eval mode (TorchScript when the archive has no model file)."""
     model_info = manifest.get("model", {})
     serialized = model_info.get("serializedFile")
     model_file = model_info.get("modelFile")
@@ -58,7 +58,7 @@ def load_model(model_dir: Path, manifest: dict) -> tuple[nn.Module, bool]:
         model = model_class_from_file(model_dir / model_file)()
         if serialized:
             model.load_state_dict(load_state_dict(model_dir / serialized))
-        return model.eval(), False
+        return model.eval()
     if not serialized:
         raise ValueError("the archive has neither a model file nor a serialized file")
-    return torch.jit.load(str(model_dir / serialized), map_location="cpu").eval(), True
+    return torch.jit.load(str(model_dir / serialized), map_location="cpu").eval()

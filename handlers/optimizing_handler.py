@@ -25,6 +25,7 @@ from handlers.pipeline import Inputs
 from handlers.profiling import op_ranges, stage_range
 from handlers.settings import HandlerSettings, parse_settings
 from handlers.tasks import Task, make_task
+from launcher.cpulist import format_cpulist
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +37,6 @@ class Prepared:
     inputs: Inputs | None
     indices: list[int]
     errors: dict[int, BadInput] = field(default_factory=dict)
-
-
-def cpu_list(cpus: set[int]) -> str:
-    """0,1,2,5 -> "0-2,5"."""
-    ranges: list[str] = []
-    for cpu in sorted(cpus):
-        if ranges and cpu == int(ranges[-1].split("-")[-1]) + 1:
-            ranges[-1] = f"{ranges[-1].split('-')[0]}-{cpu}"
-        else:
-            ranges.append(str(cpu))
-    return ",".join(ranges)
 
 
 def header(context: object, index: int, name: str) -> str | None:
@@ -78,7 +68,7 @@ class OptimizingHandler(BaseHandler):
         yaml_config = getattr(context, "model_yaml_config", None) or {}
         self.settings = parse_settings(yaml_config.get("handler"))
         self.task = make_task(self.settings, model_dir)
-        model, _ = load_model(model_dir, context.manifest)  # type: ignore[attr-defined]
+        model = load_model(model_dir, context.manifest)  # type: ignore[attr-defined]
         example = self.task.example_inputs(self.settings.example_batch_size)
         ipex = probe_ipex()
         self.model = optimize(model, example, self.settings, ipex, self.task.classifies)
@@ -90,7 +80,7 @@ class OptimizingHandler(BaseHandler):
             "affinity=%s placement=%s notes=%s rejected=%s",
             self.model_name, self.model.plan.describe(), ipex.reason, self.model.dtype,
             time.perf_counter() - started, torch.get_num_threads(),
-            cpu_list(os.sched_getaffinity(0)),
+            format_cpulist(os.sched_getaffinity(0)),
             self.placement.describe() if self.placement else "none",
             list(self.model.stage.notes), list(self.model.rejected),
         )

@@ -11,7 +11,7 @@ import contextlib
 import copy
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -223,7 +223,6 @@ class Plan:
     name: str
     steps: tuple[str, ...]
     bf16: bool = False
-    label: str = field(default="")
 
     def describe(self) -> str:
         steps = ">".join(self.steps) or "eager"

@@ -26,7 +26,9 @@ if str(REPO) not in sys.path:  # run as a file: make the project importable
     sys.path.insert(0, str(REPO))
 
 from benchmarks.ab import AbLoad, AbResult, run_ab  # noqa: E402
+from launcher.cpulist import format_cpulist  # noqa: E402
 from launcher.server import TorchServe  # noqa: E402
+from launcher.sysfs import process_affinity  # noqa: E402
 
 IMAGE = REPO / "model_store" / "samples" / "shapes.jpg"
 RESULTS = REPO / "benchmarks" / "results" / "soak"
@@ -45,14 +47,11 @@ def rss_bytes(pid: int) -> int:
 
 
 def cpus_allowed(pid: int) -> str:
-    """Cpus_allowed_list of a process as the kernel shows it ("" if gone)."""
+    """The CPUs a process may run on, as a cpulist ("" if it is gone)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("Cpus_allowed_list:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+        return format_cpulist(process_affinity(pid))
+    except ProcessLookupError:
+        return ""
 
 
 @dataclass
