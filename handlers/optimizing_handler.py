@@ -26,6 +26,7 @@ from handlers.profiling import op_ranges, stage_range
 from handlers.settings import HandlerSettings, parse_settings
 from handlers.tasks import Task, make_task
 from launcher.cpulist import format_cpulist
+from launcher.worker import PinnedWorker, pin_current_worker
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class OptimizingHandler(BaseHandler):
         self.context = context
         properties = context.system_properties  # type: ignore[attr-defined]
         self.model_name = context.model_name  # type: ignore[attr-defined]
-        self.placement = self._pin_worker()
+        self.pinned = self._pin_worker()
         model_dir = Path(properties["model_dir"])
         yaml_config = getattr(context, "model_yaml_config", None) or {}
         self.settings = parse_settings(yaml_config.get("handler"))
@@ -81,18 +82,16 @@ class OptimizingHandler(BaseHandler):
             self.model_name, self.model.plan.describe(), ipex.reason, self.model.dtype,
             time.perf_counter() - started, torch.get_num_threads(),
             format_cpulist(os.sched_getaffinity(0)),
-            self.placement.describe() if self.placement else "none",
+            self.pinned.placement.describe() if self.pinned else "none",
             list(self.model.stage.notes), list(self.model.rejected),
         )
 
-    def _pin_worker(self) -> object | None:
+    def _pin_worker(self) -> PinnedWorker | None:
         """Claim this worker's core block before any weights are touched (NUMA-local)."""
-        from launcher.worker import pin_current_worker
-
-        placement = pin_current_worker(self.model_name)
-        if placement is not None:
-            log.info("worker placement: %s", placement.describe())
-        return placement
+        pinned = pin_current_worker(self.model_name)
+        if pinned is not None:
+            log.info("worker placement: %s", pinned.placement.describe())
+        return pinned
 
     def preprocess(self, data: list[dict]) -> Prepared:
         samples, indices, errors = [], [], {}
@@ -117,6 +116,8 @@ class OptimizingHandler(BaseHandler):
 
     def handle(self, data: list[dict], context: object) -> list[object]:
         self.context = context
+        if self.pinned is not None:  # follow a re-balance: one stat() when nothing changed
+            self.pinned.refresh()
         itt = self.settings.itt_ranges
         answers: list[object] = [None] * len(data)
         with stage_range(f"{self.model_name}.preprocess", itt):

@@ -1,6 +1,7 @@
 """Inspect running TorchServe workers: where they run, with how many threads, which
 allocator, and where their memory is. A problem (overlap, SMT sharing, a block across
-nodes that would fit in one, more threads than cores) makes the report fail."""
+nodes that would fit in one, more threads than cores, a worker not where the registry
+seated it) makes the report fail."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from launcher.cpulist import format_cpulist
+from launcher.environment import choose_allocator
+from launcher.errors import LauncherError
+from launcher.options import parse_launcher_args
 from launcher.procfs import mapped_allocator, torchserve_workers
-from launcher.registry import Claim, all_claims
+from launcher.registry import Entry, read_entries
 from launcher.sysfs import SysRoot, process_affinity, read_topology
 from launcher.topology import Topology
 
@@ -21,20 +25,22 @@ class WorkerReport:
     pid: int
     frontend: int
     cpus: tuple[int, ...]
-    threads: int  # OpenMP threads: the registry's block size, else OMP_NUM_THREADS, else CPUs
+    threads: int  # intra-op threads the worker applied, else OMP_NUM_THREADS, else CPUs
     os_threads: int
     model: str
     env: dict[str, str] = field(hash=False)
     allocator: str = "glibc"
     pages_per_node: dict[int, int] = field(default_factory=dict, hash=False)
     nodes: tuple[int, ...] = ()
+    pending_threads: int | None = None  # re-balanced while idle: applied at its next batch
+    logical_cores: bool = False  # --use_logical_core: one thread per CPU, not per core
 
 
 @dataclass(frozen=True)
 class Report:
     workers: tuple[WorkerReport, ...]
     problems: tuple[str, ...]  # within one TorchServe instance: exit code 1
-    warnings: tuple[str, ...] = ()  # between instances, each planned on its own
+    warnings: tuple[str, ...] = ()
 
 
 def environ_of(pid: int, fs: SysRoot) -> dict[str, str]:
@@ -67,13 +73,14 @@ def _status_threads(pid: int, fs: SysRoot) -> int:
 
 def inspect(
     sys_root: SysRoot | None = None,
-    claims: list[Claim] | None = None,
+    entries: tuple[Entry, ...] | None = None,
     frontend: int | None = None,
 ) -> Report:
     """Report on every TorchServe worker on the host, or those of one frontend pid."""
     fs = sys_root or SysRoot()
     topology = read_topology(fs)
-    by_pid = {c.pid: c for c in (all_claims() if claims is None else claims)}
+    node_of = topology.by_id()
+    by_pid = {e.pid: e for e in (read_entries() if entries is None else entries)}
     workers = []
     for pid, owner in torchserve_workers(fs):
         if frontend is not None and owner.pid != frontend:
@@ -83,14 +90,18 @@ def inspect(
         except ProcessLookupError:
             continue
         env = environ_of(pid, fs)
-        claim = by_pid.get(pid)
-        if claim is not None:
-            threads = len(claim.cpus)
+        entry = by_pid.get(pid)
+        pending = None
+        if entry is not None and entry.applied_threads is not None:
+            threads = entry.applied_threads
+            if entry.applied_threads != entry.threads:
+                pending = entry.threads
+        elif entry is not None:
+            threads, pending = entry.threads, entry.threads
         elif env.get("OMP_NUM_THREADS", "").isdigit():
             threads = int(env["OMP_NUM_THREADS"])
         else:
             threads = len(cpus)
-        node_of = topology.by_id()
         workers.append(
             WorkerReport(
                 pid=pid,
@@ -98,56 +109,77 @@ def inspect(
                 cpus=cpus,
                 threads=threads,
                 os_threads=_status_threads(pid, fs),
-                model=claim.model if claim else "?",
+                model=entry.model if entry else "?",
                 env=env,
                 allocator=mapped_allocator(pid, fs),
                 pages_per_node=numa_pages(pid, fs),
-                nodes=tuple(
-                    sorted(
-                        {
-                            node_of[c].node
-                            for c in cpus
-                            if c in node_of and node_of[c].node is not None
-                        }
-                    )
-                ),
+                nodes=tuple(sorted({node_of[c].node for c in cpus
+                                    if c in node_of and node_of[c].node is not None})),
+                pending_threads=pending,
+                logical_cores=bool(entry) and parse_launcher_args(entry.pool.args).use_logical_core,
             )
         )
-    found, between = [], []
-    for owner in sorted({w.frontend for w in workers}):
-        found += problems([w for w in workers if w.frontend == owner], topology, by_pid)
-    for a in workers:
-        for b in workers:
-            if a.frontend < b.frontend and set(a.cpus) & set(b.cpus):
-                between.append(
-                    f"pid {a.pid} (TorchServe {a.frontend}) and pid {b.pid} (TorchServe "
-                    f"{b.frontend}) share CPUs {format_cpulist(set(a.cpus) & set(b.cpus))}"
-                )
-    return Report(tuple(workers), tuple(found), tuple(between))
+    found = problems(workers, topology, by_pid)
+    frontends = sorted({w.frontend for w in workers})
+    notes = [f"{len(frontends)} TorchServe instances share this host's registry"] if len(
+        frontends) > 1 else []
+    notes += allocator_hints(workers, by_pid)
+    return Report(tuple(workers), tuple(found), tuple(notes))
+
+
+def allocator_hints(workers: list[WorkerReport], entries: dict[int, Entry]) -> list[str]:
+    """Workers whose mapped allocator is not the one their launcher args ask for."""
+    hints = []
+    for worker in workers:
+        entry = entries.get(worker.pid)
+        if entry is None:
+            continue
+        try:
+            wanted = choose_allocator(parse_launcher_args(entry.pool.args)).name
+        except LauncherError as error:
+            hints.append(f"pid {worker.pid}: {error}")
+            continue
+        if wanted != worker.allocator:
+            hints.append(
+                f"pid {worker.pid}: allocator {worker.allocator}, wanted {wanted}: it must be "
+                "preloaded before the worker starts; start TorchServe with `python -m launcher "
+                "serve`, or run `python -m launcher link-allocators` so TorchServe's run_cpu "
+                "wrapper finds it"
+            )
+    return hints
 
 
 def problems(
-    workers: list[WorkerReport], topology: Topology, claims: dict[int, Claim]
+    workers: list[WorkerReport], topology: Topology, entries: dict[int, Entry]
 ) -> list[str]:
+    """What is wrong with these workers (of one or several TorchServe instances, which
+    draw from one host-wide registry and so must not overlap either)."""
     found = []
     core_of = {cpu.id: cpu.core for cpu in topology.cpus}
     node_size: Counter[int | None] = Counter(cores[0].node for cores in topology.cores().values())
     for i, a in enumerate(workers):
         cores = {core_of[c] for c in a.cpus if c in core_of}
-        if a.threads > len(cores):
-            found.append(f"pid {a.pid}: {a.threads} threads on {len(cores)} physical cores")
+        room = len(a.cpus) if a.logical_cores else len(cores)
+        if a.threads > room and a.pending_threads is None:
+            found.append(f"pid {a.pid}: {a.threads} threads on {room} "
+                         f"{'CPUs' if a.logical_cores else 'physical cores'}")
         if len(a.nodes) > 1 and len(cores) <= max(node_size.values()):
             found.append(f"pid {a.pid}: CPUs {format_cpulist(a.cpus)} span nodes {a.nodes}")
-        claim = claims.get(a.pid)
-        if claim is not None and set(claim.cpus) != set(a.cpus):
+        entry = entries.get(a.pid)
+        if entry is not None and set(entry.cpus) != set(a.cpus):
             found.append(
                 f"pid {a.pid}: runs on {format_cpulist(a.cpus)}, registry says "
-                f"{format_cpulist(claim.cpus)}"
+                f"{format_cpulist(entry.cpus)}"
             )
         for b in workers[i + 1 :]:
             shared = set(a.cpus) & set(b.cpus)
             if shared:
-                found.append(f"pids {a.pid} and {b.pid} overlap on CPUs {format_cpulist(shared)}")
+                why = ""
+                if entry is not None and b.pid in entry.shared_with:
+                    why = " (more workers than core blocks: shared by --oversubscribe share)"
+                found.append(
+                    f"pids {a.pid} and {b.pid} overlap on CPUs {format_cpulist(shared)}{why}"
+                )
                 continue
             other = {core_of[c] for c in b.cpus if c in core_of}
             if cores & other:
@@ -167,11 +199,14 @@ def render(report: Report) -> str:
         local = sum(n for node, n in w.pages_per_node.items() if node in w.nodes)
         locality = f"{100 * local / total:5.1f}%" if total and w.nodes else "    -"
         env = " ".join(f"{k}={v}" for k, v in w.env.items() if k != "LD_PRELOAD")
+        threads = f"{w.threads}" + ("" if w.pending_threads is None else f">{w.pending_threads}")
         lines.append(
             f"{w.pid:>8} {w.frontend:>8} {w.model[:12]:12} {format_cpulist(w.cpus):14} "
-            f"{','.join(map(str, w.nodes)) or '-':6} {w.threads:>7} {w.os_threads:>6} "
+            f"{','.join(map(str, w.nodes)) or '-':6} {threads:>7} {w.os_threads:>6} "
             f"{w.allocator:9} {locality:>12}  {env}"
         )
-    lines += [f"warning: {w}" for w in report.warnings]
+    if any(w.pending_threads is not None for w in report.workers):
+        lines.append("threads a>b: re-balanced while idle; b applies before its next batch")
+    lines += [f"note: {w}" for w in report.warnings]
     lines += [f"PROBLEM: {p}" for p in report.problems] or ["no problems found"]
     return "\n".join(lines)

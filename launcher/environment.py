@@ -16,7 +16,6 @@ from pathlib import Path
 
 from launcher.errors import LauncherError
 from launcher.options import Allocator, LauncherOptions
-from launcher.planner import Block
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +95,7 @@ def process_env(
     machine: str | None = None,
 ) -> dict[str, str]:
     """Variables to add to TorchServe's environment (inherited by every worker)."""
-    env: dict[str, str] = {"THP_MEM_ALLOC_ENABLE": "1"}  # PyTorch madvises big CPU tensors
+    env = late_env(options, machine)  # THP: PyTorch madvises big CPU tensors
     preload = [str(allocator.path)] if allocator.path else []
     iomp = find("iomp") if options.use_iomp else None
     if iomp is not None:
@@ -107,8 +106,6 @@ def process_env(
         env["LD_PRELOAD"] = ":".join(preload + existing)
     if allocator.name == "jemalloc":
         env["MALLOC_CONF"] = JEMALLOC_MALLOC_CONF
-    if (machine or platform.machine()) in ("aarch64", "arm64"):
-        env.update(arm_env(options))
     return env
 
 
@@ -126,9 +123,54 @@ def arm_env(options: LauncherOptions) -> dict[str, str]:
     return env
 
 
-def worker_env(block: Block, iomp_loaded: bool) -> dict[str, str]:
-    """Variables one worker sets for its block (children it starts inherit them)."""
-    env = {"OMP_NUM_THREADS": str(block.threads), "MKL_NUM_THREADS": str(block.threads)}
+def late_env(options: LauncherOptions, machine: str | None = None) -> dict[str, str]:
+    """The part of `process_env` a worker can still set for itself when TorchServe was
+    started without `launcher serve` (read by torch/oneDNN at first use, not at exec)."""
+    env = {"THP_MEM_ALLOC_ENABLE": "1"}
+    if (machine or platform.machine()) in ("aarch64", "arm64"):
+        env.update(arm_env(options))
+    return env
+
+
+def worker_env(threads: int, iomp_loaded: bool) -> dict[str, str]:
+    """Variables one worker sets for its seat (children it starts inherit them)."""
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     if iomp_loaded:
         env.update(iomp_env())
     return env
+
+
+def run_cpu_link_dir(environ: Mapping[str, str]) -> Path:
+    """Where TorchServe's run_cpu wrapper will look: it searches $VIRTUAL_ENV/lib only
+    when that variable is set (an activated venv), but always ~/.local/lib."""
+    if environ.get("VIRTUAL_ENV"):
+        return Path(environ["VIRTUAL_ENV"]) / "lib"
+    return Path(environ.get("HOME", str(Path.home()))) / ".local" / "lib"
+
+
+def link_allocators(directory: Path, find: Finder = find_library) -> list[str]:
+    """Make lib<name>.so links to the installed tcmalloc/jemalloc in `directory`.
+
+    run_cpu (torch.backends.xeon.run_cpu) preloads only an unversioned lib<name>.so
+    from a few fixed folders, none of them Debian's multiarch one; without a link the
+    workers TorchServe wraps in it silently run on glibc malloc. Returns what was done.
+    """
+    done = []
+    for kind in ("tcmalloc", "jemalloc"):
+        target = find(kind)
+        link = directory / f"lib{kind}.so"
+        if target is None:
+            done.append(f"lib{kind}: not installed, no link")
+            continue
+        if link.resolve() == target.resolve():
+            done.append(f"{link} -> {target} (already there)")
+            continue
+        directory.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink():
+            link.unlink()
+        elif link.exists():
+            done.append(f"{link}: a real file is already there, left alone")
+            continue
+        link.symlink_to(target)
+        done.append(f"{link} -> {target}")
+    return done

@@ -17,6 +17,7 @@ from launcher.errors import LauncherError
 
 Allocator = Literal["tcmalloc", "jemalloc", "glibc"]
 Mode = Literal["latency", "throughput"]
+Oversubscribe = Literal["share", "refuse"]
 
 BOOL_FLAGS = (
     "use_logical_core",
@@ -32,10 +33,12 @@ BOOL_FLAGS = (
     "enable_bf16_fpmath",  # ours: opt-in for the Arm (Graviton) BF16 fast-math preset
 )
 INT_FLAGS = ("node_id", "ninstances", "ncores_per_instance")
+# ours: what a worker gets when live workers outnumber the core blocks
+CHOICE_FLAGS: dict[str, tuple[str, ...]] = {"oversubscribe": ("share", "refuse")}
 # run_cpu's own logging flags: meaningless without run_cpu, accepted so existing
 # configs keep working.
 IGNORED_VALUE_FLAGS = ("log_path", "log_file_prefix")
-VALUE_FLAGS = (*INT_FLAGS, "core_list", *IGNORED_VALUE_FLAGS)
+VALUE_FLAGS = (*INT_FLAGS, "core_list", *CHOICE_FLAGS, *IGNORED_VALUE_FLAGS)
 # Flags TorchServe itself appends per worker; in cpu_launcher_args they would fight the
 # registry, which assigns blocks.
 REJECTED = {
@@ -61,6 +64,9 @@ class LauncherOptions:
     use_iomp: bool = True  # preload Intel OpenMP when it is installed
     mode: Mode | None = None
     bf16_fpmath: bool = False
+    # share: extra workers share the least-loaded blocks, threads divided, with a warning;
+    # refuse: the extra worker fails to start with a message naming the counts
+    oversubscribe: Oversubscribe = "share"
     args: str = ""  # the text they came from, for messages and the plan hash
 
 
@@ -131,6 +137,11 @@ def _build(seen: dict[str, str | bool], text: str) -> LauncherOptions:
         if not core_list:
             raise LauncherError("cpu_launcher_args: --core_list is empty")
     disable_numactl = "disable_numactl" in seen
+    for name, choices in CHOICE_FLAGS.items():
+        if name in seen and seen[name] not in choices:
+            raise LauncherError(
+                f"cpu_launcher_args: --{name} {seen[name]!r}; use one of {', '.join(choices)}"
+            )
     return LauncherOptions(
         use_logical_core="use_logical_core" in seen,
         node_id=ints.get("node_id"),
@@ -144,6 +155,7 @@ def _build(seen: dict[str, str | bool], text: str) -> LauncherOptions:
         use_iomp="disable_iomp" not in seen,
         mode=mode,
         bf16_fpmath="enable_bf16_fpmath" in seen,
+        oversubscribe="refuse" if seen.get("oversubscribe") == "refuse" else "share",
         args=text,
     )
 

@@ -1,10 +1,14 @@
-"""Host-wide record of which worker holds which block of a plan.
+"""The host-wide record of live TorchServe workers and the seat each one holds.
 
-One JSON file per plan (keyed by Plan.key()) in /dev/shm, guarded by an exclusive
-flock on a side file, so workers of every model, started at the same instant by
-TorchServe, each get a different block. A claim names the pid and its start time:
-a dead worker's block (or a pid reused by another process) is free again, so a
-restarted or scaled-up worker reclaims it without restarting the others.
+One JSON file for the whole host (not per plan or per instance), so workers of every
+model of every TorchServe instance draw from the same cores. Every change (a worker
+joins, leaves, or is found dead) happens under an exclusive flock, recomputes all seats
+with `launcher.balance.assign`, and bumps `generation` when any seat moved. Workers
+notice a change with one stat() of the file (its inode changes on every write) and
+re-apply their seat; see launcher.worker.
+
+A worker is named by (pid, start time): a dead worker's entry, or a pid reused by
+another process, is dropped at the next change or sweep.
 """
 
 from __future__ import annotations
@@ -13,15 +17,19 @@ import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from launcher.balance import Demand, Pool, WorkerKey, assign
+from launcher.cpulist import format_cpulist
 from launcher.errors import LauncherError
 from launcher.procfs import is_alive
+from launcher.topology import Topology
 
 REGISTRY_ENV = "TSCPU_REGISTRY_DIR"
+FILE_NAME = "torchserve-cpu-registry.json"
 
 
 def default_directory() -> Path:
@@ -36,89 +44,210 @@ def default_directory() -> Path:
 
 
 @dataclass(frozen=True)
-class Claim:
-    block: int
+class Entry:
+    """One live worker: who it is, its instance's pool, and the seat it was given."""
+
     pid: int
     started: int
     model: str
-    cpus: tuple[int, ...] = ()  # recorded so `doctor` can compare with what the OS shows
+    frontend: int
+    seq: int
+    pool: Pool
+    cpus: tuple[int, ...] = ()
+    node: int | None = None
+    threads: int = 0
+    shared_with: tuple[int, ...] = ()  # pids of workers on the same cores
+    applied_threads: int | None = None  # set by the worker once it runs with `threads`
+
+    @property
+    def key(self) -> WorkerKey:
+        return (self.pid, self.started)
+
+    @staticmethod
+    def from_dict(data: dict) -> Entry:
+        pool = data["pool"]
+        return Entry(
+            **{
+                **data,
+                "pool": Pool(tuple(pool["cpus"]), pool["quota"], pool["args"]),
+                "cpus": tuple(data["cpus"]),
+                "shared_with": tuple(data["shared_with"]),
+            }
+        )
+
+
+@dataclass(frozen=True)
+class State:
+    generation: int = 0
+    next_seq: int = 0
+    entries: tuple[Entry, ...] = ()
+    notes: tuple[str, ...] = field(default=(), compare=False)
+
+    def find(self, key: WorkerKey) -> Entry | None:
+        return next((e for e in self.entries if e.key == key), None)
+
+
+@dataclass
+class _Change:
+    stored: State
+    state: State
 
 
 class Registry:
-    """Claims on the blocks of one plan; `layout` is each block's CPUs."""
+    """The registry file in `directory`; `machine` is the host's whole topology."""
 
     def __init__(
         self,
-        plan_key: str,
-        layout: Sequence[Sequence[int]],
+        machine: Topology,
         directory: Path | None = None,
         alive: Callable[[int, int], bool] = is_alive,
     ) -> None:
-        self.layout = [tuple(cpus) for cpus in layout]
-        self.blocks = len(self.layout)
-        self.path = (directory or default_directory()) / f"torchserve-cpu-{plan_key}.json"
+        self.machine = machine
+        self.path = (directory or default_directory()) / FILE_NAME
         self._alive = alive
 
+    # -- reading (no lock: writes replace the file atomically) ---------------------------
+
+    def stamp(self) -> tuple[int, int] | None:
+        """Changes whenever the file is rewritten: the per-batch check is this one stat()."""
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (info.st_ino, info.st_mtime_ns)
+
+    def read(self) -> State:
+        try:
+            data = json.loads(self.path.read_text())
+            return State(
+                generation=int(data["generation"]),
+                next_seq=int(data["next_seq"]),
+                entries=tuple(Entry.from_dict(e) for e in data["entries"]),
+                notes=tuple(data.get("notes", ())),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return State()  # missing or foreign file: start afresh, liveness is rechecked
+
+    # -- changes (under the lock) ---------------------------------------------------------
+
+    def join(self, pid: int, started: int, model: str, frontend: int, pool: Pool,
+             allow_sharing: bool = True) -> Entry:
+        """Add this worker (or find it again) and re-seat everyone; its entry.
+
+        With allow_sharing False, a worker that would have to share cores is refused
+        with a LauncherError naming the counts, and nothing changes for the others.
+        """
+        with self._locked() as change:
+            found = change.state.find((pid, started))
+            if found is not None:
+                return found
+            state = change.state
+            newcomer = Entry(pid, started, model, frontend, state.next_seq, pool)
+            after = _reseat(self.machine, state, (*state.entries, newcomer), state.next_seq + 1)
+            entry = after.find(newcomer.key)
+            assert entry is not None
+            if entry.shared_with and not allow_sharing:
+                live = [e for e in state.entries if e.pool == pool]
+                raise LauncherError(
+                    f"no free core block for a worker of {model!r}: {len(live) + 1} workers "
+                    f"would need more blocks than the {len(pool.cpus)} allowed CPUs "
+                    f"({format_cpulist(pool.cpus)}, cpu_launcher_args {pool.args!r}) hold "
+                    "apart; lower min_worker or allow sharing (drop --oversubscribe refuse)"
+                )
+            change.state = after
+            return entry
+
+    def leave(self, key: WorkerKey) -> None:
+        with self._locked() as change:
+            rest = tuple(e for e in change.state.entries if e.key != key)
+            if len(rest) != len(change.state.entries):
+                change.state = _reseat(self.machine, change.state, rest, change.state.next_seq)
+
+    def sweep(self) -> bool:
+        """Drop workers that have exited; True when that moved anyone's seat."""
+        with self._locked() as change:  # opening the change drops the dead
+            return change.state.generation != change.stored.generation
+
+    def record_applied(self, key: WorkerKey, threads: int) -> None:
+        """The worker now runs with `threads` intra-op threads (for `doctor`)."""
+        with self._locked() as change:
+            entries = tuple(
+                replace(e, applied_threads=threads) if e.key == key else e
+                for e in change.state.entries
+            )
+            change.state = replace(change.state, entries=entries)
+
     @contextmanager
-    def _locked(self) -> Iterator[list[Claim]]:
-        """Live claims under the lock; the list as left by the body is written back."""
+    def _locked(self) -> Iterator[_Change]:
+        """A change under the flock, starting from the stored state with dead workers
+        dropped (and the rest re-seated); written back only if it differs."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock_path = self.path.with_suffix(".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            claims = [c for c in self._load() if self._alive(c.pid, c.started)]
-            yield claims
-            self._store(claims)
+            stored = self.read()
+            live = tuple(e for e in stored.entries if self._alive(e.pid, e.started))
+            state = stored
+            if len(live) != len(stored.entries):
+                state = _reseat(self.machine, stored, live, stored.next_seq)
+            change = _Change(stored, state)
+            yield change
+            if change.state != stored:
+                self._store(change.state)
         finally:
             os.close(fd)  # closing releases the flock
 
-    def _load(self) -> list[Claim]:
-        try:
-            entries = json.loads(self.path.read_text()).get("claims", [])
-            return [Claim(**{**entry, "cpus": tuple(entry.get("cpus", ()))}) for entry in entries]
-        except (OSError, ValueError, TypeError, AttributeError):
-            return []  # missing or torn file: treat as empty, liveness is rechecked anyway
-
-    def _store(self, claims: list[Claim]) -> None:
-        data = {"claims": [asdict(c) for c in claims]}
-        fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".claims-")
+    def _store(self, state: State) -> None:
+        data = {
+            "generation": state.generation,
+            "next_seq": state.next_seq,
+            "entries": [asdict(e) for e in state.entries],
+            "notes": list(state.notes),
+        }
+        fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".registry-")
         with os.fdopen(fd, "w") as handle:
             json.dump(data, handle)
         os.chmod(temporary, 0o666)
         os.replace(temporary, self.path)
 
-    def claim(self, pid: int, started: int, model: str) -> int:
-        """The block index this process holds: its existing claim, else the first free."""
-        with self._locked() as claims:
-            for existing in claims:
-                if existing.pid == pid and existing.started == started:
-                    return existing.block
-            held = {c.block for c in claims}
-            free = [index for index in range(self.blocks) if index not in held]
-            if not free:
-                holders = ", ".join(f"block {c.block}: pid {c.pid} ({c.model})" for c in claims)
-                raise LauncherError(
-                    f"no free core block for a worker of {model!r}: all {self.blocks} blocks "
-                    f"are held by live workers ({holders}); raise default_workers_per_model / "
-                    "minWorkers, or reserve slots with --ninstances in cpu_launcher_args"
-                )
-            claims.append(Claim(free[0], pid, started, model, self.layout[free[0]]))
-            return free[0]
 
-    def release(self, pid: int) -> None:
-        with self._locked() as claims:
-            claims[:] = [c for c in claims if c.pid != pid]
+def _reseat(machine: Topology, before: State, entries: tuple[Entry, ...], next_seq: int) -> State:
+    """Seats for `entries` from balance.assign; generation + 1 when any seat changed."""
+    demands = [Demand(e.key, e.model, e.pool, e.seq, e.cpus) for e in entries]
+    assignment = assign(machine, demands)
+    pid_of = {e.key: e.pid for e in entries}
+    seated = []
+    for e in entries:
+        seat = assignment.seats[e.key]
+        moved = seat.block.cpus != e.cpus or seat.threads != e.threads
+        seated.append(
+            replace(
+                e,
+                cpus=seat.block.cpus,
+                node=seat.block.node,
+                threads=seat.threads,
+                shared_with=tuple(pid_of[k] for k in seat.shared_with),
+                applied_threads=None if moved else e.applied_threads,
+            )
+        )
+    changed = [e.key for e in seated] != [e.key for e in before.entries] or any(
+        (a.cpus, a.threads) != (b.cpus, b.threads)
+        for a, b in zip(seated, before.entries, strict=False)
+    )
+    return State(
+        generation=before.generation + (1 if changed else 0),
+        next_seq=next_seq,
+        entries=tuple(seated),
+        notes=assignment.notes,
+    )
 
-    def claims(self) -> list[Claim]:
-        with self._locked() as claims:
-            return list(claims)
 
-
-def all_claims(directory: Path | None = None) -> list[Claim]:
-    """Live claims of every plan's registry in the directory (for `doctor`)."""
-    found: list[Claim] = []
-    for path in sorted((directory or default_directory()).glob("torchserve-cpu-*.json")):
-        key = path.stem.removeprefix("torchserve-cpu-")
-        found.extend(Registry(key, [], path.parent).claims())
-    return found
+def read_entries(directory: Path | None = None) -> tuple[Entry, ...]:
+    """Live workers as last recorded (for `doctor`); exited ones are left out."""
+    path = (directory or default_directory()) / FILE_NAME
+    try:
+        data = json.loads(path.read_text())
+        entries = (Entry.from_dict(e) for e in data["entries"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ()
+    return tuple(e for e in entries if is_alive(e.pid, e.started))

@@ -1,32 +1,49 @@
-"""pin_current_worker: called by the handler first thing in `initialize`.
+"""pin_current_worker: the handler's first call in `initialize`; then it follows re-balances.
 
-Finds the config TorchServe was started with, plans ALL workers of ALL models from it
-(every worker computes the same plan from the same facts), claims a block in the
-host-wide registry and pins this process to it before any weight is loaded.
+A worker finds the config TorchServe was started with, joins the host-wide registry as
+one unit of demand (no config entry needed: a model registered later through the
+management API is demand like any other), and sits on the seat the registry gives it,
+before any weight is loaded. When demand changes (a worker joins, is scaled away,
+crashes) the registry re-seats everyone; each running worker then moves without a
+restart:
+- a watcher thread notices within WATCH_INTERVAL (or at once when a worker it watches
+  exits: pidfds) and re-pins the affinity of every thread of the process, so an idle
+  worker never sits on another's cores;
+- the thread that runs inference re-applies what only it can change (OpenMP's thread
+  count is per thread; so is set_mempolicy) in `refresh()` before each batch, whose
+  cost when nothing changed is one stat() of the registry file.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import select
+import threading
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from launcher import apply
+from launcher.balance import Pool
 from launcher.cpulist import format_cpulist
-from launcher.environment import worker_env
+from launcher.environment import choose_allocator, late_env, worker_env
+from launcher.errors import LauncherError
 from launcher.facts import allowed_topology
-from launcher.planner import Block, Plan, plan
+from launcher.options import LauncherOptions
 from launcher.procfs import Frontend, frontend_of, iomp_loaded, mapped_allocator, parent_pid
 from launcher.procfs import start_time as process_start_time
-from launcher.registry import Registry
-from launcher.sysfs import SysRoot
-from launcher.tsconfig import TsConfig, read_ts_config, worker_counts
+from launcher.registry import Entry, Registry
+from launcher.sysfs import SysRoot, read_topology
+from launcher.tsconfig import read_ts_config
 
 log = logging.getLogger(__name__)
 
 CONFIG_ENV = "TSCPU_CONFIG_FILE"  # set by `python -m launcher serve`: the user's config
+WATCH_INTERVAL = 0.1  # seconds between the watcher's stat() of the registry
+SWEEP_INTERVAL = 2.0  # seconds between liveness sweeps when no pidfd is available
 
 
 @dataclass(frozen=True)
@@ -34,119 +51,241 @@ class WorkerPlacement:
     """Where this worker runs, as applied (allocator as mapped, not as asked)."""
 
     model: str
-    block: int
     cpus: tuple[int, ...]
     node: int | None
     threads: int
     allocator: str
     memory_policy: str
-    plan_key: str
+    shared_with: tuple[int, ...] = ()
+    allocator_note: str = ""  # why the mapped allocator differs from the one asked for
 
     def describe(self) -> str:
         """One log line: what a reader of model_log.log needs to check the pinning."""
         node = "-" if self.node is None else str(self.node)
-        return (
+        text = (
             f"cores={format_cpulist(self.cpus)} node={node} threads={self.threads} "
             f"allocator={self.allocator}"
         )
+        if self.allocator_note:
+            text += f" ({self.allocator_note})"
+        if self.shared_with:
+            text += f" SHARED with pids {','.join(map(str, self.shared_with))}"
+        return text
 
 
-def find_config(environ: Mapping[str, str], frontend: Frontend | None) -> tuple[Path | None, str]:
-    """The config file and where its name came from, in the documented order."""
+def find_config(
+    environ: Mapping[str, str], frontend: Frontend | None
+) -> tuple[Path | None, str]:
+    """The config file and where its name came from, in TorchServe's own order
+    (ConfigManager: $TS_CONFIG_FILE, then -f, then config.properties in its cwd)."""
     for name in (CONFIG_ENV, "TS_CONFIG_FILE"):
         if environ.get(name):
             return Path(environ[name]), f"${name}"
     if frontend is not None and frontend.config is not None:
         return frontend.config, f"-f of TorchServe frontend pid {frontend.pid}"
+    if frontend is not None and frontend.cwd is not None:
+        candidate = frontend.cwd / "config.properties"
+        if candidate.is_file():
+            return candidate, f"config.properties in the cwd of frontend pid {frontend.pid}"
     return None, ""
 
 
-def worker_plan(
-    config: TsConfig, frontend: Frontend | None, sys_root: SysRoot | None = None
-) -> tuple[Plan, dict[str, int]]:
-    """The plan every worker of this TorchServe instance computes identically, and the
-    worker counts per model it was made for."""
-    fs = sys_root or SysRoot()
-    owner = frontend.pid if frontend else (parent_pid("self", fs) or "self")
-    topology = allowed_topology(owner, fs)
-    counts = worker_counts(
-        config,
-        len(topology.cpus),
-        cli_models=frontend.models if frontend else (),
-        model_store=frontend.model_store if frontend else None,
-    )
-    return plan(topology, config.options, sum(counts.values())), counts
+class PinnedWorker:
+    """This process's seat in the registry, kept applied as the registry changes."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        entry: Entry,
+        options: LauncherOptions,
+        fs: SysRoot,
+        allocator_note: str,
+    ) -> None:
+        self.registry = registry
+        self.key = entry.key
+        self.model = entry.model
+        self.options = options
+        self._fs = fs
+        self._allocator_note = allocator_note
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int] | None = None
+        self._entry = replace(entry, cpus=(), node=None, threads=0)  # nothing applied yet
+        self._threads_applied = 0
+        self._memory = "not bound"
+        self.placement: WorkerPlacement
+        self._sync(entry, inference_thread=True)
+
+    # -- the inference thread ----------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Before each batch: apply a re-balance if there was one (one stat() if not)."""
+        if self.registry.stamp() == self._stamp and self._threads_applied == self._entry.threads:
+            return
+        self._sync(None, inference_thread=True)
+
+    # -- both threads ------------------------------------------------------------------
+
+    def _sync(self, entry: Entry | None, inference_thread: bool) -> None:
+        with self._lock:
+            self._stamp = self.registry.stamp()  # before reading: a later write is seen
+            if entry is None:
+                entry = self.registry.read().find(self.key)
+            if entry is None:  # the file was removed or we were swept by mistake: rejoin
+                entry = self.registry.join(*self.key, self.model, self._entry.frontend,
+                                           self._entry.pool)
+            if entry.cpus != self._entry.cpus:
+                if self.options.bind_cpus:
+                    apply.pin_threads(entry.cpus, self._fs)
+                if self._entry.cpus:
+                    log.info("launcher: %s worker %d re-balanced: cores %s -> %s, threads %d -> %d",
+                             self.model, self.key[0], format_cpulist(self._entry.cpus),
+                             format_cpulist(entry.cpus), self._entry.threads, entry.threads)
+            applied_now = False
+            if inference_thread and (
+                self._threads_applied != entry.threads or entry.node != self._entry.node
+                or not self._entry.cpus
+            ):
+                self._memory = self._bind(entry.node)
+                apply.set_environ(worker_env(entry.threads, iomp_loaded("self", self._fs)))
+                self._threads_applied = apply.set_torch_threads(entry.threads) or entry.threads
+                applied_now = True
+            self._entry = entry
+            self.placement = WorkerPlacement(
+                model=self.model,
+                cpus=entry.cpus,
+                node=entry.node,
+                threads=self._threads_applied,
+                allocator=mapped_allocator("self", self._fs),
+                memory_policy=self._memory,
+                shared_with=entry.shared_with,
+                allocator_note=self._allocator_note,
+            )
+        if applied_now:
+            self.registry.record_applied(self.key, self._threads_applied)
+            self._stamp = self.registry.stamp()  # our own write is not a change
+        if entry.shared_with:
+            log.warning("launcher: %s worker %d shares cores %s with pids %s: more workers "
+                        "than core blocks; lower min_worker or widen the cpuset",
+                        self.model, self.key[0], format_cpulist(entry.cpus),
+                        ",".join(map(str, entry.shared_with)))
+
+    def _bind(self, node: int | None) -> str:
+        if not self.options.bind_memory:
+            return "not bound (--disable_numactl)"
+        if node is None:
+            return "not bound (block spans nodes or node unknown)"
+        with_memory = apply.nodes_with_memory(self._fs)
+        if with_memory is not None and node not in with_memory:
+            return f"not bound (node {node} has no memory)"
+        problem = apply.bind_memory(node)
+        if problem:
+            log.warning("launcher: %s; memory policy left as is", problem)
+            return f"not bound ({problem})"
+        return f"bound to node {node}"
+
+    # -- the watcher thread ------------------------------------------------------------
+
+    def start_watching(self) -> threading.Thread:
+        thread = threading.Thread(target=self._watch, name="tscpu-rebalance", daemon=True)
+        thread.start()
+        return thread
+
+    def _watch(self) -> None:
+        """Re-pin an idle worker's threads and notice exits of the other workers."""
+        watched: dict[int, int] = {}  # pid -> pidfd
+        _watch_pids(watched, {e.pid for e in self.registry.read().entries} - {self.key[0]})
+        last_sweep = time.monotonic()
+        while True:
+            try:
+                exited = _wait_for_exit(watched, WATCH_INTERVAL)
+                if exited or time.monotonic() - last_sweep > SWEEP_INTERVAL:
+                    self.registry.sweep()
+                    last_sweep = time.monotonic()
+                if self.registry.stamp() != self._stamp:
+                    self._sync(None, inference_thread=False)
+                    _watch_pids(watched, {e.pid for e in self.registry.read().entries}
+                                - {self.key[0]})
+            except Exception:  # never let the watcher kill the worker; try again later
+                log.exception("launcher: re-balance watcher")
+                time.sleep(1.0)
+
+    def leave(self) -> None:
+        self.registry.leave(self.key)
+
+
+def _watch_pids(watched: dict[int, int], pids: set[int]) -> None:
+    for pid in set(watched) - pids:
+        os.close(watched.pop(pid))
+    for pid in pids - set(watched):
+        try:
+            watched[pid] = os.pidfd_open(pid)
+        except (OSError, AttributeError):  # gone already, or no pidfd (kernel < 5.3)
+            continue
+
+
+def _wait_for_exit(watched: dict[int, int], timeout: float) -> bool:
+    """Sleep up to `timeout`; True as soon as a watched process exits."""
+    if not watched:
+        time.sleep(timeout)
+        return False
+    ready, _, _ = select.select(list(watched.values()), [], [], timeout)
+    for fd in ready:
+        pid = next(p for p, f in watched.items() if f == fd)
+        os.close(watched.pop(pid))
+    return bool(ready)
 
 
 def pin_current_worker(
     model_name: str,
     environ: Mapping[str, str] | None = None,
     sys_root: SysRoot | None = None,
-) -> WorkerPlacement | None:
-    """Pin this worker to its block; None (logged) when no launcher config is in effect.
-
-    Raises LauncherError, naming the key or flag, when the config is wrong.
-    """
+    watch: bool = True,
+) -> PinnedWorker | None:
+    """Join the registry and sit on this worker's seat; None (logged) when no launcher
+    config is in effect. Raises LauncherError, naming the key, flag or counts, when the
+    config is wrong or (with --oversubscribe refuse) no disjoint block is left."""
     environ = os.environ if environ is None else environ
     fs = sys_root or SysRoot()
     frontend = frontend_of("self", fs)
     path, source = find_config(environ, frontend)
     if path is None:
-        log.info(
-            "launcher: no TorchServe config found (%s, TS_CONFIG_FILE, -f): not pinned", CONFIG_ENV
-        )
+        log.info("launcher: no TorchServe config found ($%s, $TS_CONFIG_FILE, -f, "
+                 "config.properties in the frontend's cwd): not pinned", CONFIG_ENV)
         return None
     config = read_ts_config(path)
     if not config.launcher_enabled:
         log.info("launcher: cpu_launcher_enable is not true in %s (%s): not pinned", path, source)
         return None
-    the_plan, counts = worker_plan(config, frontend, fs)
-    if model_name not in counts:
-        log.warning(
-            "launcher: model %r is not among the models in %s (%s); claiming a spare block",
-            model_name,
-            path,
-            ", ".join(counts) or "none",
-        )
-    pid = os.getpid()
-    started = process_start_time("self", fs)
-    registry = Registry(the_plan.key(), [b.cpus for b in the_plan.blocks])
-    index = registry.claim(pid, started if started is not None else 0, model_name)
-    block = the_plan.blocks[index]
-    placement = _apply(model_name, block, the_plan, config, fs)
-    log.info("launcher: %s worker %s: %s", model_name, pid, placement.describe())
-    return placement
-
-
-def _apply(
-    model: str, block: Block, the_plan: Plan, config: TsConfig, fs: SysRoot
-) -> WorkerPlacement:
     options = config.options
-    if options.bind_cpus:
-        apply.pin_threads(block.cpus, fs)
-    memory = "not bound (--disable_numactl)" if not options.bind_memory else _bind(block, fs)
-    apply.set_environ(worker_env(block, iomp_loaded("self", fs)))
-    threads = apply.set_torch_threads(block.threads) or block.threads
-    return WorkerPlacement(
-        model=model,
-        block=block.index,
-        cpus=block.cpus,
-        node=block.node,
-        threads=threads,
-        allocator=mapped_allocator("self", fs),
-        memory_policy=memory,
-        plan_key=the_plan.key(),
+    owner = frontend.pid if frontend else (parent_pid("self", fs) or os.getpid())
+    allowed = allowed_topology(owner, fs)
+    pool = Pool(allowed.cpu_ids, allowed.cpu_quota, options.args)
+    registry = Registry(read_topology(fs))
+    started = process_start_time("self", fs) or 0
+    entry = registry.join(os.getpid(), started, model_name, owner, pool,
+                          allow_sharing=options.oversubscribe == "share")
+    if CONFIG_ENV not in environ:  # plain `torchserve --start`: what serve would have set
+        apply.set_environ(late_env(options))
+    pinned = PinnedWorker(registry, entry, options, fs, _allocator_note(options, fs))
+    atexit.register(pinned.leave)
+    if watch:
+        pinned.start_watching()
+    log.info("launcher: %s worker %s (config %s): %s", model_name, os.getpid(), source,
+             pinned.placement.describe())
+    return pinned
+
+
+def _allocator_note(options: LauncherOptions, fs: SysRoot) -> str:
+    """Why the mapped allocator is not the one the options ask for, with the fix."""
+    mapped = mapped_allocator("self", fs)
+    try:
+        wanted = choose_allocator(options)
+    except LauncherError as error:
+        return f"asked for but {error}"
+    if wanted.name == mapped:
+        return ""
+    return (
+        f"wanted {wanted.name}: it was not preloaded when the worker started; start "
+        "TorchServe with `python -m launcher serve`, or run `python -m launcher "
+        "link-allocators` so TorchServe's run_cpu wrapper finds it"
     )
-
-
-def _bind(block: Block, fs: SysRoot) -> str:
-    if block.node is None:
-        return "not bound (block spans nodes or node unknown)"
-    with_memory = apply.nodes_with_memory(fs)
-    if with_memory is not None and block.node not in with_memory:
-        return f"not bound (node {block.node} has no memory)"
-    problem = apply.bind_memory(block.node)
-    if problem:
-        log.warning("launcher: %s; memory policy left as is", problem)
-        return f"not bound ({problem})"
-    return f"bound to node {block.node}"

@@ -1,9 +1,10 @@
 """The host-wide registry under contention, with real processes and real liveness.
 
-tests/unit/launcher/test_registry.py already races 12 claimers on an empty registry.
-Here the race happens while live workers hold blocks and a dead one left a stale claim,
-with more claimers than free blocks: nobody may get a live worker's block, the dead
-one's block is handed out again, and the surplus gets an error naming the holders.
+tests/unit/launcher/test_registry.py already races 12 joiners on an empty registry.
+Here the race happens while live workers hold blocks of a reserved layout
+(--ninstances 8, --oversubscribe refuse) and a dead one left a stale entry, with more
+joiners than free blocks: nobody may get a live worker's block, the dead one's block is
+handed out again, and the surplus is refused with the counts.
 """
 
 from __future__ import annotations
@@ -14,22 +15,28 @@ from pathlib import Path
 
 import pytest
 
+from launcher.balance import Pool
 from launcher.errors import LauncherError
 from launcher.procfs import start_time
 from launcher.registry import Registry
+from launcher.topology import Cpu, Topology
 
 BLOCKS = 8
-LAYOUT = [(cpu,) for cpu in range(BLOCKS)]
+MACHINE = Topology(tuple(Cpu(i, (i,), 0, 0) for i in range(BLOCKS)), nodes=(0,))
+POOL = Pool(tuple(range(BLOCKS)), None, f"--ninstances {BLOCKS} --oversubscribe refuse")
 CONTEXT = multiprocessing.get_context("fork")
 
 
 def registry(directory: Path) -> Registry:
-    return Registry("race", LAYOUT, directory)
+    return Registry(MACHINE, directory)
 
 
 def claim_self(directory: Path) -> int:
+    """Join as a worker; the one CPU of the block it was given."""
     pid = os.getpid()
-    return registry(directory).claim(pid, start_time(pid) or 0, f"worker-{pid}")
+    entry = registry(directory).join(pid, start_time(pid) or 0, f"worker-{pid}", 1, POOL,
+                                     allow_sharing=False)
+    return entry.cpus[0]
 
 
 def hold_block(directory: str, claimed, release) -> None:
@@ -84,6 +91,9 @@ def test_race_never_hands_out_a_live_workers_block(tmp_path: Path, attempt: int)
     assert held.isdisjoint(blocks)  # nor a live worker's
     assert dead_block in blocks  # the dead worker's block was reclaimed
     assert len(errors) == claimers - free
-    assert all(f"pid {live.pid}" in error and f"pid {os.getpid()}" in error for error in errors)
-    # Everyone but this process has exited: only its own claim is left.
-    assert [(c.block, c.pid) for c in registry(tmp_path).claims()] == [(mine, os.getpid())]
+    assert all(f"{BLOCKS + 1} workers" in error and "0-7" in error for error in errors)
+    # Everyone but this process has exited: only its own entry is left after a sweep.
+    registry(tmp_path).sweep()
+    assert [(e.cpus, e.pid) for e in registry(tmp_path).read().entries] == [
+        ((mine,), os.getpid())
+    ]

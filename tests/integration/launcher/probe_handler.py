@@ -9,24 +9,28 @@ from launcher.worker import pin_current_worker
 
 
 class ProbeHandler:
-    """initialize() pins, as the product handler does first thing; handle() reports."""
+    """initialize() pins, as the product handler does first thing; handle() follows a
+    re-balance as the product handler does, then reports."""
 
     def __init__(self) -> None:
-        self.placement = None
+        self.pinned = None
         self.initialized = False
 
     def initialize(self, context) -> None:
-        self.placement = pin_current_worker(context.manifest["model"]["modelName"])
+        self.pinned = pin_current_worker(context.manifest["model"]["modelName"])
         self.initialized = True
 
     def handle(self, data, context) -> list[str]:
         import torch
 
+        if self.pinned is not None:
+            self.pinned.refresh()
+        placement = None if self.pinned is None else self.pinned.placement
         report = {
             "pid": os.getpid(),
             "threads": torch.get_num_threads(),
             "affinity": sorted(os.sched_getaffinity(0)),
-            "placement": None if self.placement is None else self.placement.describe(),
-            "allocator": None if self.placement is None else self.placement.allocator,
+            "placement": None if placement is None else placement.describe(),
+            "allocator": None if placement is None else placement.allocator,
         }
         return [json.dumps(report) for _ in data]

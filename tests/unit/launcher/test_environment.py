@@ -8,12 +8,14 @@ from launcher.environment import (
     JEMALLOC_MALLOC_CONF,
     choose_allocator,
     find_library,
+    late_env,
+    link_allocators,
     process_env,
+    run_cpu_link_dir,
     worker_env,
 )
 from launcher.errors import LauncherError
 from launcher.options import parse_launcher_args
-from launcher.planner import Block
 
 LIBS = {
     "tcmalloc": Path("/lib/libtcmalloc.so.4"),
@@ -71,12 +73,33 @@ def test_arm_presets_with_opt_in_bf16() -> None:
 
 
 def test_worker_env() -> None:
-    block = Block(index=0, cpus=(0, 1, 2), node=0, cores=3)
-    assert worker_env(block, iomp_loaded=False) == {
-        "OMP_NUM_THREADS": "3",
-        "MKL_NUM_THREADS": "3",
-    }
-    assert worker_env(block, iomp_loaded=True)["KMP_AFFINITY"].startswith("granularity")
+    assert worker_env(3, iomp_loaded=False) == {"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3"}
+    assert worker_env(3, iomp_loaded=True)["KMP_AFFINITY"].startswith("granularity")
+
+
+def test_late_env_is_what_process_env_sets_that_a_worker_can_still_set() -> None:
+    options = parse_launcher_args("--enable_bf16_fpmath")
+    assert late_env(options, machine="x86_64") == {"THP_MEM_ALLOC_ENABLE": "1"}
+    arm = late_env(options, machine="aarch64")
+    assert arm["DNNL_DEFAULT_FPMATH_MODE"] == "BF16" and arm["TORCH_MKLDNN_MATMUL_MIN_DIM"]
+
+
+def test_run_cpu_link_dir_follows_run_cpus_search() -> None:
+    assert run_cpu_link_dir({"VIRTUAL_ENV": "/v", "HOME": "/h"}) == Path("/v/lib")
+    assert run_cpu_link_dir({"HOME": "/h"}) == Path("/h/.local/lib")
+
+
+def test_link_allocators_makes_the_unversioned_names_run_cpu_wants(tmp_path: Path) -> None:
+    installed = tmp_path / "multiarch"
+    installed.mkdir()
+    (installed / "libtcmalloc.so.4").write_bytes(b"")
+    found = {"tcmalloc": installed / "libtcmalloc.so.4", "jemalloc": None}
+    links = tmp_path / "links"
+    done = link_allocators(links, find=found.get)
+    assert (links / "libtcmalloc.so").resolve() == installed / "libtcmalloc.so.4"
+    assert not (links / "libjemalloc.so").exists()
+    assert "not installed" in done[1]
+    assert "already there" in link_allocators(links, find=found.get)[0]
 
 
 def test_debian_paths_on_this_machine() -> None:

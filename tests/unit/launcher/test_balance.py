@@ -1,0 +1,211 @@
+"""balance.assign: seats for live workers over saved topologies, as demand changes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from launcher.balance import Demand, Pool, assign
+from launcher.errors import LauncherError
+from launcher.lscpu import read_lscpu
+from launcher.topology import Topology
+
+DATA = Path(__file__).resolve().parents[2] / "data" / "topologies"
+
+
+def load(name: str) -> Topology:
+    return read_lscpu(DATA / name)
+
+
+@pytest.fixture(scope="module")
+def two_core() -> Topology:
+    return load("this-machine-epyc-2core.lscpu")
+
+
+@pytest.fixture(scope="module")
+def xeon() -> Topology:
+    return load("xeon-8180m-2s.lscpu")
+
+
+def pool_of(machine: Topology, args: str = "", cpus: tuple[int, ...] | None = None) -> Pool:
+    return Pool(cpus if cpus is not None else machine.cpu_ids, None, args)
+
+
+class Host:
+    """Live workers of one test, re-seated after every change like the registry does."""
+
+    def __init__(self, machine: Topology) -> None:
+        self.machine = machine
+        self.demands: dict[int, Demand] = {}
+        self.seq = 0
+
+    def join(self, pid: int, pool: Pool, model: str = "m") -> None:
+        self.demands[pid] = Demand((pid, 0), model, pool, self.seq)
+        self.seq += 1
+        self.reseat()
+
+    def leave(self, pid: int) -> None:
+        del self.demands[pid]
+        self.reseat()
+
+    def reseat(self) -> None:
+        result = assign(self.machine, list(self.demands.values()))
+        self.notes = result.notes
+        self.seats = {key[0]: seat for key, seat in result.seats.items()}
+        for pid, demand in self.demands.items():
+            self.demands[pid] = Demand(demand.key, demand.model, demand.pool, demand.seq,
+                                       self.seats[pid].block.cpus)
+
+    def cpus(self) -> dict[int, tuple[int, ...]]:
+        return {pid: seat.block.cpus for pid, seat in self.seats.items()}
+
+    def threads(self) -> dict[int, int]:
+        return {pid: seat.threads for pid, seat in self.seats.items()}
+
+
+def test_issue_example_model_b_comes_and_goes(two_core: Topology) -> None:
+    """One worker of A holds both cores; B registers -> A shrinks to core 0; B leaves ->
+    A grows back (issue 9's example)."""
+    host, pool = Host(two_core), pool_of(two_core)
+    host.join(100, pool, "A")
+    assert host.cpus() == {100: (0, 1)} and host.threads() == {100: 2}
+    host.join(200, pool, "B")
+    assert host.cpus() == {100: (0,), 200: (1,)} and host.threads() == {100: 1, 200: 1}
+    host.leave(200)
+    assert host.cpus() == {100: (0, 1)} and host.threads() == {100: 2}
+
+
+def test_a_crashed_worker_is_replaced_and_the_layout_restored(xeon: Topology) -> None:
+    host, pool = Host(xeon), pool_of(xeon)
+    for pid in (1, 2, 3, 4):
+        host.join(pid, pool)
+    before = host.cpus()
+    assert sorted(before.values()) == [
+        tuple(range(0, 14)), tuple(range(14, 28)), tuple(range(28, 42)), tuple(range(42, 56))
+    ]
+    host.leave(3)  # killed: the 3 survivors re-divide the cores meanwhile
+    host.join(5, pool)  # TorchServe's replacement
+    after = host.cpus()
+    assert sorted(after.values()) == sorted(before.values())
+    assert {pid: after[pid] for pid in (1, 2)} == {pid: before[pid] for pid in (1, 2)}
+    # 4 had to leave node 1 while only 3 blocks existed (2 on node 0, 1 on node 1) and
+    # stays where it now is; the replacement takes the block that is free
+    assert after[5] == tuple(range(42, 56))
+
+
+def test_joining_keeps_existing_workers_inside_what_they_held(xeon: Topology) -> None:
+    host, pool = Host(xeon), pool_of(xeon)
+    host.join(1, pool)
+    host.join(2, pool)
+    first = host.cpus()
+    assert [host.seats[p].block.node for p in (1, 2)] == [0, 1]  # one node each
+    host.join(3, pool)
+    for pid in (1, 2):
+        assert set(host.cpus()[pid]) <= set(first[pid])  # shrank in place, did not move
+
+
+def test_more_workers_than_cores_share_with_divided_threads(two_core: Topology) -> None:
+    host, pool = Host(two_core), pool_of(two_core)
+    for pid in (1, 2, 3):
+        host.join(pid, pool)
+    assert host.threads() == {1: 1, 2: 1, 3: 1}  # never N x cores threads
+    shared = {pid for pid, seat in host.seats.items() if seat.shared_with}
+    assert shared == {1, 3} and host.cpus()[1] == host.cpus()[3] == (0,)
+    assert host.cpus()[2] == (1,)
+    assert any("room for 2" in note for note in host.notes)
+
+
+def test_ninstances_reserves_a_fixed_layout(xeon: Topology) -> None:
+    host, pool = Host(xeon), pool_of(xeon, "--ninstances 4")
+    host.join(1, pool)
+    assert host.cpus() == {1: tuple(range(0, 14))}  # a reserved slot, not the whole node
+    host.join(2, pool)
+    host.join(3, pool)
+    assert host.cpus()[1] == tuple(range(0, 14))  # nobody moves when slots are free
+    assert sorted(host.cpus().values())[2] == tuple(range(28, 42))
+
+
+def test_ncores_per_instance_keeps_its_size(xeon: Topology) -> None:
+    host, pool = Host(xeon), pool_of(xeon, "--ncores_per_instance 4")
+    for pid in range(1, 4):
+        host.join(pid, pool)
+    assert all(len(cpus) == 4 for cpus in host.cpus().values())
+
+
+def test_two_instances_with_the_same_config_share_the_cores_fairly(xeon: Topology) -> None:
+    host = Host(xeon)
+    same_a, same_b = pool_of(xeon), pool_of(xeon)
+    host.join(1, same_a)
+    host.join(2, same_b)  # a second TorchServe on the same host, same args
+    a, b = host.cpus()[1], host.cpus()[2]
+    assert not set(a) & set(b) and len(a) == len(b) == 28
+
+
+def test_instances_on_different_nodes_never_meet(xeon: Topology) -> None:
+    host = Host(xeon)
+    host.join(1, pool_of(xeon, "--node_id 0"))
+    host.join(2, pool_of(xeon, "--node_id 1"))
+    host.join(3, pool_of(xeon, "--node_id 1"))
+    assert host.cpus()[1] == tuple(range(0, 28))
+    assert sorted([host.cpus()[2], host.cpus()[3]]) == [tuple(range(28, 42)), tuple(range(42, 56))]
+
+
+def test_a_later_instance_with_other_args_plans_over_what_is_left(xeon: Topology) -> None:
+    host = Host(xeon)
+    host.join(1, pool_of(xeon, "--ninstances 4"))
+    host.join(2, pool_of(xeon, "--ncores_per_instance 2"))
+    first, second = set(host.cpus()[1]), set(host.cpus()[2])
+    assert not first & second and len(second) == 2
+
+
+def test_a_pool_that_cannot_be_planned_raises_naming_the_flag(xeon: Topology) -> None:
+    with pytest.raises(LauncherError, match="--node_id 7"):
+        assign(xeon, [Demand((1, 0), "m", pool_of(xeon, "--node_id 7"), 0)])
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[tuple[str, int]]:
+    """Joins and leaves of up to 12 workers."""
+    steps, live, next_pid = [], [], 1
+    for _ in range(draw(st.integers(1, 30))):
+        if live and draw(st.booleans()):
+            pid = draw(st.sampled_from(live))
+            live.remove(pid)
+            steps.append(("leave", pid))
+        elif len(live) < 12:
+            steps.append(("join", next_pid))
+            live.append(next_pid)
+            next_pid += 1
+    return steps
+
+
+@settings(max_examples=60, deadline=None)
+@given(history=histories(), name=st.sampled_from(
+    ["xeon-8180m-2s.lscpu", "epyc-2s-nps4.lscpu", "gapped-node-ids.lscpu",
+     "cloud-vm-adjacent-smt.lscpu", "graviton3-arm.lscpu"]))
+def test_after_any_history_live_workers_are_disjoint_and_node_local(
+    history: list[tuple[str, int]], name: str
+) -> None:
+    machine = load(name)
+    cores = len(machine.cores())
+    host, pool = Host(machine), pool_of(machine)
+    for action, pid in history:
+        host.join(pid, pool) if action == "join" else host.leave(pid)
+        cpus = host.cpus()
+        if len(cpus) <= cores:
+            seen: set[int] = set()
+            for pid_cpus in cpus.values():
+                assert not seen & set(pid_cpus)  # disjoint
+                seen |= set(pid_cpus)
+        largest_node = max(
+            sum(1 for cpus in machine.cores().values() if cpus[0].node == node)
+            for node in {cpu.node for cpu in machine.cpus}
+        )
+        for seat in host.seats.values():
+            core_keys = {machine.by_id()[c].core for c in seat.block.cpus}
+            assert seat.threads <= len(core_keys)  # one thread per physical core at most
+            if len(core_keys) <= largest_node:  # inside one NUMA node where it fits in one
+                assert seat.block.node is not None
