@@ -3,7 +3,9 @@
 At load: claim this worker's cores (launcher), load the model, build the optimized
 model (handlers.optimizer), warm it up and log one line saying what was done. Per
 request: decode each item on its own, so one bad item gets its own 4xx while the rest
-of the batch is answered; run the batch; answer. Subclasses override one hook at most.
+of the batch is answered; run the batch; answer. Items that a service envelope (KServe)
+unpacked from one request are answered in that request (handlers.envelopes). Subclasses
+override one hook at most.
 """
 
 from __future__ import annotations
@@ -17,6 +19,16 @@ from pathlib import Path
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
+from handlers.envelopes import (
+    ItemOrigin,
+    came_through_envelope,
+    check_answerable,
+    instance_body,
+    instance_label,
+    item_origins,
+    request_errors,
+    request_headers,
+)
 from handlers.errors import BadInput
 from handlers.ipex_support import probe_ipex
 from handlers.loading import load_model
@@ -38,13 +50,15 @@ class Prepared:
     inputs: Inputs | None
     indices: list[int]
     errors: dict[int, BadInput] = field(default_factory=dict)
+    origins: list[ItemOrigin] | None = None  # None: an envelope merged several requests
+    count: int = 0  # items, good and bad
 
 
-def header(context: object, index: int, name: str) -> str | None:
-    """A request header, whatever its case (TorchServe keeps what the client sent)."""
+def header(context: object, request: int, name: str) -> str | None:
+    """A header of request `request`, whatever its case (TorchServe keeps what the client sent)."""
     try:
-        properties = context._request_processor[index].get_request_properties()  # type: ignore[attr-defined]
-    except (AttributeError, IndexError, TypeError):
+        properties = request_headers(context)[request]
+    except IndexError:
         return None
     for key, value in properties.items():
         if key.lower() == name:
@@ -93,19 +107,29 @@ class OptimizingHandler(BaseHandler):
             log.info("worker placement: %s", pinned.placement.describe())
         return pinned
 
-    def preprocess(self, data: list[dict]) -> Prepared:
+    def preprocess(self, data: list | None) -> Prepared:
+        """Decode every item on its own, reading the headers of the request it came from."""
+        headers = request_headers(self.context)
+        enveloped = came_through_envelope(data, headers)
+        if enveloped:
+            check_answerable(self.context, data, len(headers))
+        items: list = data or []
+        origins = item_origins(len(items), len(headers))
         samples, indices, errors = [], [], {}
-        for index, row in enumerate(data):
-            body = row.get("data") if row.get("data") is not None else row.get("body")
+        for index, item in enumerate(items):
+            origin = origins[index] if origins else None
+            content_type = header(self.context, origin.request, "content-type") if origin else None
             try:
-                if body is None:
-                    raise BadInput("empty request body")
-                samples.append(self.task.decode(body, header(self.context, index, "content-type")))
+                body = instance_body(item) if enveloped else request_body(item)
+                samples.append(self.task.decode(body, content_type))
                 indices.append(index)
             except BadInput as error:
+                if enveloped:  # name it as the client did: instances[2], inputs[2] "input-2"
+                    label = instance_label(origin.position if origin else index, item)
+                    error = BadInput(f"{label}: {error.message}", error.status)
                 errors[index] = error
         inputs = self.task.collate(samples) if samples else None
-        return Prepared(inputs, indices, errors)
+        return Prepared(inputs, indices, errors, origins, len(items))
 
     def inference(self, inputs: Inputs) -> torch.Tensor:  # type: ignore[override]
         with op_ranges(self.settings.emit_itt):
@@ -114,14 +138,23 @@ class OptimizingHandler(BaseHandler):
     def postprocess(self, outputs: torch.Tensor) -> list[object]:
         return self.task.answer(outputs)
 
-    def handle(self, data: list[dict], context: object) -> list[object]:
+    def handle(self, data: list | None, context: object) -> list[object]:
+        """Answer every item in its place; each request with a bad item gets a 4xx.
+
+        With a KServe envelope all items are one request's instances. A bad instance makes
+        that request a 4xx whose message names the bad instances (`instances[1]: ...`, v2
+        `inputs[1] "input-1": ...`); the good instances are still answered in their places
+        and the bad ones get `{"error", "status"}`, as the requests of a batch are. One HTTP
+        request has one status, and a 200 must not hide a failure; the body keeps the
+        envelope's usual shape (`predictions` / `outputs`) so the good answers stay usable.
+        """
         self.context = context
         if self.pinned is not None:  # follow a re-balance: one stat() when nothing changed
             self.pinned.refresh()
         itt = self.settings.itt_ranges
-        answers: list[object] = [None] * len(data)
         with stage_range(f"{self.model_name}.preprocess", itt):
             prepared = self.preprocess(data)
+        answers: list[object] = [None] * prepared.count
         if prepared.inputs is not None:
             with stage_range(f"{self.model_name}.inference", itt):
                 outputs = self.inference(prepared.inputs)
@@ -129,6 +162,15 @@ class OptimizingHandler(BaseHandler):
                 for index, answer in zip(prepared.indices, self.postprocess(outputs)):
                     answers[index] = answer
         for index, error in prepared.errors.items():
-            context.set_response_status(error.status, error.message, index)  # type: ignore[attr-defined]
             answers[index] = {"error": error.message, "status": error.status}
+        for request, error in request_errors(prepared.errors, prepared.origins).items():
+            context.set_response_status(error.status, error.message, request)  # type: ignore[attr-defined]
         return answers
+
+
+def request_body(row: dict) -> object:
+    """A request's payload as TorchServe passes it: "data" (form field) or "body"."""
+    body = row.get("data") if row.get("data") is not None else row.get("body")
+    if body is None:
+        raise BadInput("empty request body")
+    return body
