@@ -96,8 +96,8 @@ def inspect(
             threads = entry.applied_threads
             if entry.applied_threads != entry.threads:
                 pending = entry.threads
-        elif entry is not None:
-            threads, pending = entry.threads, entry.threads
+        elif entry is not None:  # joined, not yet applied
+            threads, pending = len(cpus), entry.threads
         elif env.get("OMP_NUM_THREADS", "").isdigit():
             threads = int(env["OMP_NUM_THREADS"])
         else:

@@ -13,6 +13,7 @@ from launcher.sysfs import SysRoot
 
 FRONTEND_CLASS = "org.pytorch.serve.ModelServer"
 WORKER_SCRIPT = "model_service_worker.py"
+RUN_CPU_MODULE = "torch.backends.xeon.run_cpu"  # TorchServe's wrapper around a worker
 
 
 def _stat_fields(pid: int | str, fs: SysRoot) -> list[str] | None:
@@ -112,7 +113,9 @@ def torchserve_workers(sys_root: SysRoot | None = None) -> Iterator[tuple[int, F
     """(pid, frontend) of every running TorchServe Python worker."""
     fs = sys_root or SysRoot()
     for pid in pids(fs):
-        if any(arg.endswith(WORKER_SCRIPT) for arg in cmdline(pid, fs)):
+        args = cmdline(pid, fs)
+        # run_cpu names the worker script in its own arguments; the worker is its child
+        if RUN_CPU_MODULE not in args and any(arg.endswith(WORKER_SCRIPT) for arg in args):
             frontend = frontend_of(pid, fs)
             if frontend is not None:
                 yield pid, frontend

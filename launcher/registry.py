@@ -57,7 +57,7 @@ class Entry:
     node: int | None = None
     threads: int = 0
     shared_with: tuple[int, ...] = ()  # pids of workers on the same cores
-    applied_threads: int | None = None  # set by the worker once it runs with `threads`
+    applied_threads: int | None = None  # what the worker last applied; != threads: pending
 
     @property
     def key(self) -> WorkerKey:
@@ -219,7 +219,6 @@ def _reseat(machine: Topology, before: State, entries: tuple[Entry, ...], next_s
     seated = []
     for e in entries:
         seat = assignment.seats[e.key]
-        moved = seat.block.cpus != e.cpus or seat.threads != e.threads
         seated.append(
             replace(
                 e,
@@ -227,7 +226,6 @@ def _reseat(machine: Topology, before: State, entries: tuple[Entry, ...], next_s
                 node=seat.block.node,
                 threads=seat.threads,
                 shared_with=tuple(pid_of[k] for k in seat.shared_with),
-                applied_threads=None if moved else e.applied_threads,
             )
         )
     changed = [e.key for e in seated] != [e.key for e in before.entries] or any(

@@ -46,7 +46,6 @@ def test_a_dead_worker_is_dropped_and_its_cores_handed_back(tmp_path: Path) -> N
     assert registry.sweep() is True
     survivor = registry.read().find((10, 1))
     assert (survivor.cpus, survivor.threads) == ((0, 1), 2)
-    assert survivor.applied_threads is None  # moved: the worker has yet to apply it
     assert registry.sweep() is False
 
 
@@ -84,6 +83,9 @@ def test_applied_threads_are_recorded_and_every_write_changes_the_stamp(tmp_path
     registry.record_applied((10, 1), 2)
     assert registry.stamp() != stamp
     assert registry.read().find((10, 1)).applied_threads == 2
+    registry.join(11, 1, "b", 99, pool(2))  # 10 must shrink: pending until it applies
+    moved = registry.read().find((10, 1))
+    assert (moved.threads, moved.applied_threads) == (1, 2)
 
 
 def test_a_torn_file_is_treated_as_empty(tmp_path: Path) -> None:
