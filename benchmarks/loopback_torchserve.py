@@ -1,4 +1,5 @@
-"""Start, watch and stop one real TorchServe instance on loopback.
+"""A real TorchServe on free loopback ports with its own TEMP, for tests, benchmarks and
+the demo (production runs `python -m launcher serve`, which keeps the user's settings).
 
 Every instance gets its own run directory: TorchServe keeps its pid file in TEMP and
 its logs under the working directory, so two servers (a test and a benchmark, say)
@@ -12,7 +13,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launcher.properties import read_properties, write_properties
+from launcher.serve import Prepared, derived_config_path, prepare, venv_bin
 
 ADDRESS_KEYS = ("inference_address", "management_address", "metrics_address")
 
@@ -38,23 +39,16 @@ def free_port() -> int:
 
 
 def loopback_properties(properties: Mapping[str, str]) -> dict[str, str]:
-    """The same settings with each API bound to a fresh 127.0.0.1 port."""
+    """The same settings with each API bound to a fresh 127.0.0.1 port, and token
+    authorization off unless the config says otherwise: callers here send no token."""
     rewritten = dict(properties)
+    rewritten.setdefault("disable_token_authorization", "true")
     for key in ADDRESS_KEYS:
         rewritten[key] = f"http://127.0.0.1:{free_port()}"
     # gRPC ports default to 7070/7071 and would collide between instances.
     rewritten["grpc_inference_port"] = str(free_port())
     rewritten["grpc_management_port"] = str(free_port())
     return rewritten
-
-
-def venv_bin() -> Path:
-    """The bin folder of the running interpreter's environment.
-
-    TorchServe's frontend runs a bare `python` from PATH (its launcher probe), so this
-    folder must come first on PATH or workers use a different Python.
-    """
-    return Path(sys.executable).parent
 
 
 def http_json(url: str, method: str = "GET", timeout: float = 10.0) -> object:
@@ -273,3 +267,22 @@ def start(
         properties=properties,
         env=process_env,
     )
+
+
+def start_with_launcher(
+    ts_config: Path,
+    model_store: Path,
+    models: Sequence[str] = (),
+    run_dir: Path | None = None,
+    extra_env: Mapping[str, str] | None = None,
+) -> tuple[TorchServe, Prepared]:
+    """What `launcher serve` starts (plan checked, allocator preloaded, derived config), on
+    loopback ports; the caller waits with `wait_ready` and must `stop` the handle."""
+    prepared = prepare(ts_config, model_store, models)
+    run_dir = Path(run_dir or tempfile.mkdtemp(prefix="torchserve-cpu-"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = {**prepared.env, **(extra_env or {})}
+    handle = start(
+        derived_config_path(prepared, run_dir), Path(model_store), models, env=env, run_dir=run_dir
+    )
+    return handle, prepared

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.loopback_torchserve import TorchServe, start, start_with_launcher
 from benchmarks.plan import Load, ModelCase, cores
 from benchmarks.scenarios import (
     HANDLER_STOCK,
@@ -23,7 +24,6 @@ from benchmarks.scenarios import (
     Scenario,
 )
 from launcher.properties import parse_properties, write_properties
-from launcher.server import TorchServe, start
 
 STOCK_HANDLER = Path(__file__).resolve().parent / "stock_handler.py"
 
@@ -111,10 +111,8 @@ def start_served(
     models = [f"{model_name}={archive.name}"]
     if scenario.launch == LAUNCH_OURS:
         # The launcher's serve path: plan checked, allocator preloaded, workers pin themselves.
-        from launcher import serve
-
-        server, prepared = serve.start(template_path, archive.parent, models,
-                                       run_dir=ts_dir, extra_env=env)
+        server, prepared = start_with_launcher(template_path, archive.parent, models,
+                                               run_dir=ts_dir, extra_env=env)
         env = {**prepared.env, **env}
     else:
         server = start(template_path, archive.parent, models, env=env, run_dir=ts_dir)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
+import os
 import sys
-import threading
 from pathlib import Path
 
 from launcher.cpulist import format_cpulist
@@ -39,13 +38,19 @@ def build_parser() -> argparse.ArgumentParser:
     planning.add_argument("--json", action="store_true", help="machine-readable output")
     doctor = commands.add_parser("doctor", help="check the running TorchServe workers")
     doctor.add_argument("--frontend", type=int, help="only workers of this TorchServe pid")
-    serving = commands.add_parser("serve", help="start TorchServe with pinned workers")
-    serving.add_argument("--ts-config", type=Path, required=True)
-    serving.add_argument("--model-store", type=Path, required=True)
-    serving.add_argument("--models", nargs="*", default=[])
-    serving.add_argument("--run-dir", type=Path)
-    serving.add_argument("--detach", action="store_true", help="leave it running and return")
-    serving.add_argument("--timeout", type=float, default=300.0, help="seconds to become ready")
+    serving = commands.add_parser(
+        "serve",
+        help="run TorchServe in the foreground with pinned workers",
+        description="Run TorchServe until SIGTERM or SIGINT, workers pinned by the launcher; "
+        "exit with TorchServe's status. Other arguments go to torchserve as they are.",
+    )
+    serving.add_argument(
+        "--ts-config", type=Path,
+        help="used when $TS_CONFIG_FILE is not set; default ./config.properties",
+    )
+    serving.add_argument("--model-store", type=Path, help="default: model_store in the config")
+    serving.add_argument("--models", nargs="+", default=[])
+    serving.set_defaults(torchserve_args=[])  # takes the arguments it does not know
     return parser
 
 
@@ -98,27 +103,18 @@ def run_doctor(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     from launcher import serve
 
-    handle, prepared = serve.start(args.ts_config, args.model_store, args.models, args.run_dir)
-    try:
-        handle.wait_ready(list(prepared.models), timeout=args.timeout)
-        if prepared.plan is not None:
-            print(render_plan(prepared.plan))
-            print(f"allocator: {prepared.allocator.name} ({prepared.allocator.reason})")
-        print(
-            f"TorchServe pid {handle.pid}: inference {handle.inference_url}, "
-            f"management {handle.management_url}, run dir {handle.run_dir}"
-        )
-        if args.detach:
-            return 0
-        stop = threading.Event()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stop.set())
-        while not stop.wait(1.0) and handle.alive():
-            pass
-        return 0 if not handle.alive() or stop.is_set() else 1
-    finally:
-        if not args.detach:
-            handle.stop()
+    config = serve.find_ts_config(os.environ, args.ts_config, Path.cwd())
+    store = serve.find_model_store(config, args.model_store)
+    prepared = serve.prepare(config, store, args.models)
+    if prepared.plan is not None:
+        print(render_plan(prepared.plan))
+        print(f"allocator: {prepared.allocator.name} ({prepared.allocator.reason})")
+    torchserve_args = list(args.torchserve_args)
+    if args.model_store is not None:
+        torchserve_args += ["--model-store", str(args.model_store)]
+    if args.models:
+        torchserve_args += ["--models", *args.models]
+    return serve.run(prepared, torchserve_args)
 
 
 COMMANDS = {"plan": run_plan, "doctor": run_doctor, "serve": run_serve}
@@ -127,12 +123,17 @@ COMMANDS = {"plan": run_plan, "doctor": run_doctor, "serve": run_serve}
 def main(argv: list[str] | None = None) -> int:
     """Entry point; the only place exceptions become exit codes."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not hasattr(args, "torchserve_args"):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if unknown:
+        args.torchserve_args = unknown
     try:
         return COMMANDS[args.command](args)
     except LauncherError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except RuntimeError as error:  # server.ServerError: TorchServe did not come up
+    except RuntimeError as error:  # serve.ServeError: TorchServe did not start
         print(f"error: {error}", file=sys.stderr)
         return 1

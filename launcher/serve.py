@@ -1,27 +1,58 @@
-"""`python -m launcher serve`: check the plan, preload the allocator, start TorchServe.
+"""`python -m launcher serve`: TorchServe in the foreground, workers pinned by the launcher.
 
-TorchServe gets a derived config with cpu_launcher_enable=false, so its own run_cpu
-wrapper does not pin workers a second time; workers find the user's original config
-through $TSCPU_CONFIG_FILE and pin themselves (launcher.worker).
+TorchServe gets the user's config unchanged except cpu_launcher_enable=false, so its own
+run_cpu wrapper does not pin workers a second time; workers find the user's original
+config through $TSCPU_CONFIG_FILE and pin themselves (launcher.worker). Addresses, token
+authorization, TEMP (pid file, worker sockets) and log locations stay the user's.
+
+Exit status: the Java frontend's. It is its exit code, or 128+N when signal N killed it
+(the shell's convention). SIGTERM or SIGINT to serve stops TorchServe as `torchserve
+--stop` does, with SIGTERM to the frontend; the JVM runs TorchServe's shutdown hook and
+exits 143 (128+15) itself, so a requested stop exits 143. A frontend that does not stop
+within STOP_TIMEOUT_S is killed: 137.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
+import select
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from launcher.environment import AllocatorChoice, choose_allocator, process_env
+from launcher.errors import LauncherError
 from launcher.facts import allowed_topology
 from launcher.planner import Plan, plan
-from launcher.properties import write_properties
+from launcher.procfs import parent_pid
+from launcher.properties import read_properties
 from launcher.tsconfig import ENABLE_KEY, model_entries, read_ts_config
 from launcher.worker import CONFIG_ENV
 
 log = logging.getLogger(__name__)
+
+CONFIG_FILE_ENV = "TS_CONFIG_FILE"
+DEFAULT_CONFIG = "config.properties"
+PID_FILE = ".model_server.pid"  # ts/model_server.py keeps it in tempfile.gettempdir()
+KEY_FILE = "key_file.json"  # TokenAuthorization writes it in the frontend's cwd
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+STOP_TIMEOUT_S = 60.0  # what `torchserve --stop --foreground` waits
+ORPHAN_TIMEOUT_S = 10.0  # workers left by a dead frontend exit once its socket closes
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+
+
+class ServeError(RuntimeError):
+    """TorchServe did not start."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +81,6 @@ def prepare(
     counts = {entry.name: entry.workers for entry in entries}
     derived = dict(config.properties)
     derived[ENABLE_KEY] = "false"
-    derived.setdefault("disable_token_authorization", "true")
     if not config.launcher_enabled:
         log.warning("%s=true is not set in %s: workers will not be pinned", ENABLE_KEY, ts_config)
         return Prepared(Path(ts_config), derived, {}, None, None, counts)
@@ -63,28 +93,195 @@ def prepare(
     return Prepared(Path(ts_config), derived, env, the_plan, allocator, counts)
 
 
-def derived_config_path(prepared: Prepared, run_dir: Path) -> Path:
+def find_ts_config(environ: Mapping[str, str], ts_config: Path | None, cwd: Path) -> Path:
+    """The config TorchServe would read, in its own order (ConfigManager):
+    $TS_CONFIG_FILE, then --ts-config, then config.properties in the working directory."""
+    if environ.get(CONFIG_FILE_ENV):
+        candidate, source = Path(environ[CONFIG_FILE_ENV]), f"${CONFIG_FILE_ENV}"
+    elif ts_config is not None:
+        candidate, source = Path(ts_config), "--ts-config"
+    else:
+        candidate, source = cwd / DEFAULT_CONFIG, "the working directory"
+    candidate = candidate if candidate.is_absolute() else cwd / candidate
+    if not candidate.is_file():
+        raise LauncherError(
+            f"no TorchServe config: looked for {candidate} (from {source}); set "
+            f"{CONFIG_FILE_ENV}, give --ts-config FILE or run where {DEFAULT_CONFIG} is"
+        )
+    return candidate
+
+
+def find_model_store(config_path: Path, model_store: Path | None) -> Path:
+    """--model-store, else the config's model_store (ts/model_server.py's order)."""
+    if model_store is not None:
+        return Path(model_store)
+    configured = read_properties(config_path).get("model_store", "").strip()
+    if not configured:
+        raise LauncherError(f"no model store: give --model-store DIR or set model_store in "
+                            f"{config_path}")
+    return Path(configured)
+
+
+def derived_config_text(text: str) -> str:
+    """The user's config verbatim, then cpu_launcher_enable=false: the last occurrence of a
+    key wins in Java properties, so every other line means exactly what it meant.
+    The blank line ends a trailing backslash continuation first."""
+    note = "# added by torchserve-cpu serve: the workers pin themselves"
+    return f"{text}\n\n{note}\n{ENABLE_KEY}=false\n"
+
+
+def derived_config_path(prepared: Prepared, directory: Path) -> Path:
     """Write the config TorchServe itself is started with."""
-    path = run_dir / "launcher-derived.properties"
-    write_properties(path, prepared.derived_properties)
+    path = Path(directory) / "launcher-derived.properties"
+    path.write_text(derived_config_text(prepared.config_path.read_text()))
     return path
 
 
-def start(
-    ts_config: Path,
-    model_store: Path,
-    models: Sequence[str] = (),
-    run_dir: Path | None = None,
-    extra_env: Mapping[str, str] | None = None,
-):
-    """Prepare, then start TorchServe through launcher.server; returns (handle, Prepared)."""
-    from launcher import server  # the lead's module: process start/stop on loopback
+def venv_bin() -> Path:
+    """The bin folder of the running interpreter's environment.
 
-    prepared = prepare(ts_config, model_store, models)
-    run_dir = Path(run_dir or tempfile.mkdtemp(prefix="torchserve-cpu-"))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    env = {**prepared.env, **(extra_env or {})}
-    handle = server.start(
-        derived_config_path(prepared, run_dir), Path(model_store), models, env=env, run_dir=run_dir
-    )
-    return handle, prepared
+    TorchServe's frontend runs a bare `python` from PATH (its launcher probe), so this
+    folder must come first on PATH or workers use a different Python.
+    """
+    return Path(sys.executable).parent
+
+
+def torchserve_env(
+    prepared: Prepared, derived_config: Path, base: Mapping[str, str]
+) -> dict[str, str]:
+    """The frontend's environment: the user's, the launcher's additions, this venv first
+    on PATH, and the derived config, which must replace a TS_CONFIG_FILE of the user's
+    (it beats --ts-config in ts/model_server.py and in ConfigManager)."""
+    env = {**base, **prepared.env}
+    env["PATH"] = f"{venv_bin()}{os.pathsep}{base.get('PATH', '')}"
+    env[CONFIG_FILE_ENV] = str(derived_config)
+    if "TS_CPU_LAUNCHER_ENABLE" in env:  # with enable_envvars_config it beats the file
+        env["TS_CPU_LAUNCHER_ENABLE"] = "false"
+    return env
+
+
+def torchserve_command(derived_config: Path, torchserve_args: Sequence[str]) -> list[str]:
+    """`torchserve --start` without --foreground: its Python wrapper exits and leaves the
+    Java frontend to us (see start_frontend)."""
+    for implied in ("--start", "--foreground"):
+        torchserve_args = [arg for arg in torchserve_args if arg != implied]
+    for refused in ("--stop", "--version", "-v"):
+        if refused in torchserve_args:
+            raise LauncherError(f"serve runs TorchServe until SIGTERM; {refused} is for "
+                                "`torchserve` itself")
+    return [sys.executable, "-m", "ts.model_server", "--start",
+            "--ts-config", str(derived_config), *torchserve_args]
+
+
+def exit_status(wait_status: int) -> int:
+    """A waitpid status as a shell reports it: the exit code, or 128+N for signal N."""
+    code = os.waitstatus_to_exitcode(wait_status)
+    return 128 - code if code < 0 else code
+
+
+def run(prepared: Prepared, torchserve_args: Sequence[str]) -> int:
+    """Start TorchServe, wait until it exits or a stop signal arrives; its exit status."""
+    received: list[int] = []
+    previous = {signum: signal.signal(signum, lambda s, _: received.append(s))
+                for signum in STOP_SIGNALS}
+    wakeup_read, wakeup_write = os.pipe()
+    os.set_blocking(wakeup_write, False)
+    previous_wakeup = signal.set_wakeup_fd(wakeup_write)
+    earlier_children = {child.pid for child in psutil.Process().children()}
+    try:
+        with tempfile.TemporaryDirectory(prefix="torchserve-cpu-") as private:
+            derived = derived_config_path(prepared, Path(private))
+            env = torchserve_env(prepared, derived, os.environ)
+            frontend = start_frontend(torchserve_command(derived, torchserve_args), env)
+            try:
+                return wait_frontend(frontend, wakeup_read, received)
+            finally:
+                reap_orphans(earlier_children)
+                remove_run_files(frontend)
+    finally:
+        signal.set_wakeup_fd(previous_wakeup)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        os.close(wakeup_read)
+        os.close(wakeup_write)
+
+
+def start_frontend(command: Sequence[str], env: Mapping[str, str]) -> int:
+    """Run `torchserve --start`; the Java frontend's pid.
+
+    The wrapper detaches the frontend and exits; as a child subreaper (prctl(2)) this
+    process inherits the orphaned frontend, so it can wait for it and get its real exit
+    status. Its own session keeps a terminal's Ctrl-C from reaching the frontend and
+    workers directly: serve alone decides how they stop.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+    sys.stdout.flush()
+    wrapper = subprocess.run(list(command), env=dict(env), stdin=subprocess.DEVNULL,
+                             start_new_session=True, check=False)
+    if wrapper.returncode != 0:  # it printed why, e.g. "TorchServe is already running"
+        raise ServeError(f"torchserve --start failed (exit {wrapper.returncode})")
+    pid_file = Path(tempfile.gettempdir()) / PID_FILE  # the wrapper's TEMP is ours
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        raise ServeError(f"torchserve --start left no pid in {pid_file}: the Java frontend "
+                         "did not start (see its output above)") from None
+    if parent_pid(pid) != os.getpid():
+        raise ServeError(f"{pid_file} names pid {pid}, which is not the frontend just started")
+    log.info("TorchServe frontend pid %d; SIGTERM or Ctrl-C stops it", pid)
+    return pid
+
+
+def wait_frontend(pid: int, wakeup: int, received: list[int]) -> int:
+    """Wait for the frontend to exit, stopping it once a stop signal is received."""
+    exited = os.pidfd_open(pid)
+    kill_at: float | None = None  # set when the stop begins
+    try:
+        while True:
+            if received and kill_at is None:
+                log.info("signal %d: stopping TorchServe (SIGTERM to pid %d)", received[0], pid)
+                os.kill(pid, signal.SIGTERM)  # our unreaped child: the pid is still its
+                kill_at = time.monotonic() + STOP_TIMEOUT_S
+            timeout = None if kill_at is None else max(0.0, kill_at - time.monotonic())
+            ready, _, _ = select.select([exited, wakeup], [], [], timeout)
+            if wakeup in ready:
+                os.read(wakeup, 64)  # a signal woke us; its handler recorded it
+            if not ready:
+                log.warning("TorchServe did not stop in %.0fs: SIGKILL", STOP_TIMEOUT_S)
+                os.kill(pid, signal.SIGKILL)
+            if exited in ready or not ready:
+                status = exit_status(os.waitpid(pid, 0)[1])
+                log.info("TorchServe frontend pid %d exited: status %d", pid, status)
+                return status
+    finally:
+        os.close(exited)
+
+
+def reap_orphans(earlier_children: set[int]) -> None:
+    """Wait for the frontend's workers that outlived it (they are ours now: subreaper),
+    killing the ones still there after ORPHAN_TIMEOUT_S."""
+    deadline = time.monotonic() + ORPHAN_TIMEOUT_S
+    while orphans := [c for c in psutil.Process().children() if c.pid not in earlier_children]:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            for orphan in orphans:
+                log.warning("pid %d outlived TorchServe: SIGKILL", orphan.pid)
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    orphan.kill()
+            psutil.wait_procs(orphans, timeout=5)
+            return
+        psutil.wait_procs(orphans, timeout=remaining)
+
+
+def remove_run_files(frontend: int) -> None:
+    """What `torchserve --stop` removes: the pid file (when still the frontend's) and the
+    key file in the working directory."""
+    pid_file = Path(tempfile.gettempdir()) / PID_FILE
+    try:
+        if pid_file.read_text().strip() == str(frontend):
+            pid_file.unlink()
+    except (OSError, ValueError):
+        pass
+    Path(KEY_FILE).unlink(missing_ok=True)

@@ -16,8 +16,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.ab import AbLoad, run_ab
-from launcher import serve
-from launcher.server import post
+from benchmarks.loopback_torchserve import post, start_with_launcher
 from model_store.build import DEFAULT_OUT, STORE_DIR, build_archive
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +44,7 @@ def main() -> int:
     print(f"  {archive}")
     run_dir = Path(tempfile.mkdtemp(prefix="torchserve-demo-"))
     print(f"== starting TorchServe ({args.config.name}); logs in {run_dir}/logs")
-    ts, prepared = serve.start(args.config, DEFAULT_OUT, ["resnet50.mar"], run_dir=run_dir)
+    ts, prepared = start_with_launcher(args.config, DEFAULT_OUT, ["resnet50.mar"], run_dir=run_dir)
     try:
         ts.wait_ready(["resnet50"], timeout=600)
         print(f"  READY at {ts.inference_url}")

@@ -26,8 +26,8 @@ if str(REPO) not in sys.path:  # run as a file: make the project importable
     sys.path.insert(0, str(REPO))
 
 from benchmarks.ab import AbLoad, AbResult, run_ab  # noqa: E402
+from benchmarks.loopback_torchserve import TorchServe, start_with_launcher  # noqa: E402
 from launcher.cpulist import format_cpulist  # noqa: E402
-from launcher.server import TorchServe  # noqa: E402
 from launcher.sysfs import process_affinity  # noqa: E402
 
 IMAGE = REPO / "model_store" / "samples" / "shapes.jpg"
@@ -179,7 +179,6 @@ def write_result(result: SoakResult, out_dir: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from launcher import serve
     from model_store.build import build_archive
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -193,8 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir = Path(tempfile.mkdtemp(prefix="soak-"))
     store = run_dir / "store"
     build_archive("resnet50", store)
-    handle, _ = serve.start(args.config, store, ["resnet50.mar"], run_dir=run_dir / "ts",
-                            extra_env={"TSCPU_REGISTRY_DIR": str(run_dir / "registry")})
+    handle, _ = start_with_launcher(args.config, store, ["resnet50.mar"], run_dir=run_dir / "ts",
+                                    extra_env={"TSCPU_REGISTRY_DIR": str(run_dir / "registry")})
     try:
         started = time.monotonic()
         handle.wait_ready(["resnet50"], timeout=600)

@@ -30,11 +30,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from benchmarks import loopback_torchserve as server
 from benchmarks.ab import AbLoad, ab_command
-from launcher import serve, server
+from benchmarks.loopback_torchserve import Reply, post
 from launcher.cpulist import parse_cpulist
 from launcher.registry import all_claims
-from launcher.server import Reply, post
 from model_store.build import STORE_DIR, build_archive
 
 REPO = Path(__file__).resolve().parents[2]
@@ -278,7 +278,7 @@ class TestPinnedUnderLoad:
         build_archive("resnet50", store, workers=2)
         registry = directory / "registry"
         registry.mkdir()
-        handle, prepared = serve.start(
+        handle, prepared = server.start_with_launcher(
             REPO / "config" / "launcher.properties", store, ["resnet50.mar"],
             run_dir=directory / "ts", extra_env={"TSCPU_REGISTRY_DIR": str(registry)},
         )

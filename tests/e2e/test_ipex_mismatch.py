@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher import server
-from launcher.server import post
+from benchmarks import loopback_torchserve as server
+from benchmarks.loopback_torchserve import post
 from model_store.build import STORE_DIR, build_archive
 from tests.support.ipex_wheel import FAKE_DIR, real_ipex_dir
 

@@ -12,10 +12,10 @@ import psutil
 import pytest
 import torch
 
+from benchmarks import loopback_torchserve as server
+from benchmarks.loopback_torchserve import post
 from handlers.settings import parse_settings
 from handlers.tasks import make_task
-from launcher import server
-from launcher.server import post
 from model_store.build import STORE_DIR, build_archive
 from tests.support.itt import TORCH_DOMAIN, itt_env, read_itt_events
 from tests.support.models import eager_model, model_dir_for

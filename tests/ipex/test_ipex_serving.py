@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks import loopback_torchserve as server
+from benchmarks.loopback_torchserve import post
 from handlers.settings import parse_settings
 from handlers.tasks import make_task
-from launcher import server
-from launcher.server import post
 from model_store.build import STORE_DIR, build_archive
 from tests.support.ipex_lane import IPEX, requires_ipex
 from tests.support.models import eager_model, model_dir_for

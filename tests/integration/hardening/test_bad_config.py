@@ -19,9 +19,9 @@ import pytest
 import torch
 import yaml
 
+from benchmarks import loopback_torchserve as server
+from benchmarks.loopback_torchserve import post
 from handlers.loading import model_class_from_file
-from launcher import server
-from launcher.server import post
 from model_store.build import DEFAULT_HANDLER, STORE_DIR
 
 REPO = Path(__file__).resolve().parents[3]

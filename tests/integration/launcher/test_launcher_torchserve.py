@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher import serve, server
+from benchmarks import loopback_torchserve as server
 from launcher.doctor import inspect
 from launcher.procfs import mapped_allocator
 from launcher.registry import all_claims
@@ -33,7 +33,7 @@ def jemalloc_server(probe_store: Path, tmp_path_factory: pytest.TempPathFactory)
         cpu_launcher_args="--enable_jemalloc",
         default_workers_per_model="2",
     )
-    handle, prepared = serve.start(
+    handle, prepared = server.start_with_launcher(
         config, probe_store, run_dir=directory / "run", extra_env=env_with_registry(registry)
     )
     try:
