@@ -55,6 +55,7 @@ class Demand:
     pool: Pool
     seq: int  # order of arrival: older workers keep their place first
     holding: tuple[int, ...] = ()  # CPUs of its current block, if any
+    home: tuple[int, ...] = ()  # CPUs of its first block: where it grew from, and returns
 
 
 @dataclass(frozen=True)
@@ -134,8 +135,9 @@ def _seat(
     members: Sequence[Demand], blocks: Sequence[Block], node_of: dict[int, int | None]
 ) -> dict[WorkerKey, Seat]:
     """Each worker, oldest first, to the free block overlapping most with what it holds,
-    else on the node it was on (its memory is there), else the lowest index; workers
-    beyond the blocks share the least-loaded ones."""
+    then with its first block (a worker that grew while another restarted shrinks back
+    to where it was), then on the node it was on (its memory is there), then the lowest
+    index; workers beyond the blocks share the least-loaded ones."""
     if not blocks:
         raise LauncherError("no core block can be planned for these workers")
     sitting: dict[int, list[Demand]] = {block.index: [] for block in blocks}
@@ -145,8 +147,10 @@ def _seat(
         held = set(demand.holding)
         held_nodes = {node_of.get(cpu) for cpu in held}
         overlap = {i: len(held & set(block.cpus)) for i, block in by_index.items()}
+        home = {i: len(set(demand.home) & set(block.cpus)) for i, block in by_index.items()}
         if free:
-            best = max(free, key=lambda i: (overlap[i], by_index[i].node in held_nodes, -i))
+            best = max(free, key=lambda i: (overlap[i], home[i], by_index[i].node in held_nodes,
+                                            -i))
             free.remove(best)
         else:
             best = min(sitting, key=lambda i: (len(sitting[i]), -overlap[i], i))

@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     planning.add_argument("--json", action="store_true", help="machine-readable output")
     doctor = commands.add_parser("doctor", help="check the running TorchServe workers")
     doctor.add_argument("--frontend", type=int, help="only workers of this TorchServe pid")
+    links = commands.add_parser(
+        "link-allocators",
+        help="let TorchServe's run_cpu wrapper find tcmalloc/jemalloc (plain torchserve --start)",
+    )
+    links.add_argument("--dir", type=Path, help="default: $VIRTUAL_ENV/lib, else ~/.local/lib")
     serving = commands.add_parser(
         "serve",
         help="run TorchServe in the foreground with pinned workers",
@@ -117,7 +122,20 @@ def run_serve(args: argparse.Namespace) -> int:
     return serve.run(prepared, torchserve_args)
 
 
-COMMANDS = {"plan": run_plan, "doctor": run_doctor, "serve": run_serve}
+def run_link_allocators(args: argparse.Namespace) -> int:
+    from launcher.environment import link_allocators, run_cpu_link_dir
+
+    for line in link_allocators(args.dir or run_cpu_link_dir(os.environ)):
+        print(line)
+    return 0
+
+
+COMMANDS = {
+    "plan": run_plan,
+    "doctor": run_doctor,
+    "serve": run_serve,
+    "link-allocators": run_link_allocators,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,6 +58,7 @@ class Entry:
     threads: int = 0
     shared_with: tuple[int, ...] = ()  # pids of workers on the same cores
     applied_threads: int | None = None  # what the worker last applied; != threads: pending
+    home: tuple[int, ...] = ()  # the CPUs it was first seated on
 
     @property
     def key(self) -> WorkerKey:
@@ -72,6 +73,7 @@ class Entry:
                 "pool": Pool(tuple(pool["cpus"]), pool["quota"], pool["args"]),
                 "cpus": tuple(data["cpus"]),
                 "shared_with": tuple(data["shared_with"]),
+                "home": tuple(data.get("home", ())),
             }
         )
 
@@ -213,7 +215,7 @@ class Registry:
 
 def _reseat(machine: Topology, before: State, entries: tuple[Entry, ...], next_seq: int) -> State:
     """Seats for `entries` from balance.assign; generation + 1 when any seat changed."""
-    demands = [Demand(e.key, e.model, e.pool, e.seq, e.cpus) for e in entries]
+    demands = [Demand(e.key, e.model, e.pool, e.seq, e.cpus, e.home) for e in entries]
     assignment = assign(machine, demands)
     pid_of = {e.key: e.pid for e in entries}
     seated = []
@@ -226,6 +228,7 @@ def _reseat(machine: Topology, before: State, entries: tuple[Entry, ...], next_s
                 node=seat.block.node,
                 threads=seat.threads,
                 shared_with=tuple(pid_of[k] for k in seat.shared_with),
+                home=e.home or seat.block.cpus,
             )
         )
     changed = [e.key for e in seated] != [e.key for e in before.entries] or any(

@@ -30,12 +30,15 @@ from pathlib import Path
 
 import psutil
 
+from launcher.balance import Demand, Pool, assign
 from launcher.environment import AllocatorChoice, choose_allocator, process_env
 from launcher.errors import LauncherError
 from launcher.facts import allowed_topology
-from launcher.planner import Plan, plan
+from launcher.options import LauncherOptions
+from launcher.planner import Plan
 from launcher.procfs import parent_pid
 from launcher.properties import read_properties
+from launcher.topology import Topology
 from launcher.tsconfig import ENABLE_KEY, model_entries, read_ts_config
 from launcher.worker import CONFIG_ENV
 
@@ -84,13 +87,32 @@ def prepare(
     if not config.launcher_enabled:
         log.warning("%s=true is not set in %s: workers will not be pinned", ENABLE_KEY, ts_config)
         return Prepared(Path(ts_config), derived, {}, None, None, counts)
-    the_plan = plan(topology, config.options, sum(counts.values()))
+    the_plan = start_preview(topology, config.options, sum(counts.values()))
     allocator = choose_allocator(config.options)
     if allocator.path is None:
         log.info("launcher: allocator glibc (%s)", allocator.reason)
     env = process_env(config.options, allocator, base)
     env[CONFIG_ENV] = str(Path(ts_config).resolve())
     return Prepared(Path(ts_config), derived, env, the_plan, allocator, counts)
+
+
+def start_preview(topology: Topology, options: LauncherOptions, workers: int) -> Plan:
+    """Where the workers of the models loaded at start will sit, computed as the workers
+    themselves will (launcher.balance); raises now, naming the flag, if the options cannot
+    be planned at all. Models registered later re-divide the cores at run time."""
+    pool = Pool(topology.cpu_ids, topology.cpu_quota, options.args)
+    demands = [Demand((index, 0), "", pool, index) for index in range(max(1, workers))]
+    seats = assign(topology, demands)
+    if seats.shared() and options.oversubscribe == "refuse":
+        raise LauncherError(
+            f"{workers} workers at start (default_workers_per_model / minWorkers / models=) "
+            f"need more disjoint core blocks than the {len(topology.cpus)} allowed CPUs hold, "
+            "and cpu_launcher_args says --oversubscribe refuse"
+        )
+    blocks = tuple(seats.seats[d.key].block for d in demands) if workers else ()
+    used = {cpu for block in blocks for cpu in block.cpus}
+    leftover = tuple(cpu for cpu in topology.cpu_ids if cpu not in used)
+    return Plan(blocks, workers, leftover, seats.notes, options)
 
 
 def find_ts_config(environ: Mapping[str, str], ts_config: Path | None, cwd: Path) -> Path:

@@ -23,8 +23,15 @@ def test_prepare_sets_allocator_and_disables_run_cpu(probe_store: Path, tmp_path
     assert derived["cpu_launcher_enable"] == "false"
 
 
-def test_prepare_rejects_a_plan_that_cannot_work(probe_store: Path, tmp_path: Path) -> None:
+def test_prepare_shares_or_rejects_more_workers_than_cores(
+    probe_store: Path, tmp_path: Path
+) -> None:
     config = tmp_path / "config.properties"
     config.write_text("cpu_launcher_enable=true\ndefault_workers_per_model=3\n")
-    with pytest.raises(LauncherError, match="3 workers need at least 3 physical cores"):
+    shared = prepare(config, probe_store, ["probe.mar"], base_env={}).plan
+    assert [b.cpus for b in shared.blocks] == [(0,), (1,), (0,)]  # the documented default
+    assert any("room for 2" in note for note in shared.notes)
+    config.write_text("cpu_launcher_enable=true\ndefault_workers_per_model=3\n"
+                      "cpu_launcher_args=--oversubscribe refuse\n")
+    with pytest.raises(LauncherError, match="3 workers at start .* --oversubscribe refuse"):
         prepare(config, probe_store, ["probe.mar"], base_env={})

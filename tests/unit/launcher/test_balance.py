@@ -57,13 +57,25 @@ class Host:
         self.seats = {key[0]: seat for key, seat in result.seats.items()}
         for pid, demand in self.demands.items():
             self.demands[pid] = Demand(demand.key, demand.model, demand.pool, demand.seq,
-                                       self.seats[pid].block.cpus)
+                                       self.seats[pid].block.cpus,
+                                       demand.home or self.seats[pid].block.cpus)
 
     def cpus(self) -> dict[int, tuple[int, ...]]:
         return {pid: seat.block.cpus for pid, seat in self.seats.items()}
 
     def threads(self) -> dict[int, int]:
         return {pid: seat.threads for pid, seat in self.seats.items()}
+
+
+def test_a_survivor_that_grew_during_a_restart_goes_back_home(two_core: Topology) -> None:
+    host, pool = Host(two_core), pool_of(two_core)
+    host.join(1, pool)
+    host.join(2, pool)
+    assert host.cpus() == {1: (0,), 2: (1,)}
+    host.leave(1)  # kill -9 of the worker on core 0
+    assert host.cpus() == {2: (0, 1)}
+    host.join(3, pool)  # its replacement
+    assert host.cpus() == {2: (1,), 3: (0,)}
 
 
 def test_issue_example_model_b_comes_and_goes(two_core: Topology) -> None:
