@@ -32,6 +32,8 @@ class Scenario:
     handler_overrides: Mapping[str, object] = field(default_factory=dict)
     #: stock handler calls torch.set_num_threads(cores / workers)
     set_threads: bool = False
+    #: start TorchServe with no model and register it through the management API
+    register_later: bool = False
     note: str = ""
 
     @property
@@ -56,6 +58,9 @@ SCENARIOS: dict[str, Scenario] = {
                  {"optimize": "eager"}),
         Scenario("optimized", HANDLER_OURS, LAUNCH_OURS, "",
                  {"optimize": "default"}, note="our handler's default pipeline"),
+        Scenario("optimized-dynamic", HANDLER_OURS, LAUNCH_OURS, "",
+                 {"optimize": "default"}, register_later=True,
+                 note="optimized, registered through the management API after start"),
         Scenario("optimized-compile", HANDLER_OURS, LAUNCH_OURS, "",
                  {"optimize": "compile"}),
         Scenario("optimized-bf16", HANDLER_OURS, LAUNCH_OURS, "",

@@ -10,6 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +77,8 @@ def properties_for(
     # TorchServe answers 503 once its queue is full; the queue must hold every client.
     properties["job_queue_size"] = str(max(int(properties.get("job_queue_size", 100)),
                                            2 * load.concurrency))
+    if scenario.register_later:
+        properties["enable_model_api"] = "true"  # 0.12 refuses registration otherwise
     if scenario.launch in (LAUNCH_TORCHSERVE, LAUNCH_OURS):
         properties["cpu_launcher_enable"] = "true"
         if scenario.launcher_args:
@@ -108,7 +114,7 @@ def start_served(
     run_dir.mkdir(parents=True, exist_ok=True)
     template_path = run_dir / "template.properties"
     write_properties(template_path, properties)
-    models = [f"{model_name}={archive.name}"]
+    models = [] if scenario.register_later else [f"{model_name}={archive.name}"]
     if scenario.launch == LAUNCH_OURS:
         # The launcher's serve path: plan checked, allocator preloaded, workers pin themselves.
         server, prepared = start_with_launcher(template_path, archive.parent, models,
@@ -118,11 +124,30 @@ def start_served(
         server = start(template_path, archive.parent, models, env=env, run_dir=ts_dir)
     (run_dir / "env.json").write_text(json.dumps(env, indent=2, sort_keys=True) + "\n")
     try:
+        if scenario.register_later:
+            register(server, archive.name, model_name, load.workers, timeout_s)
         server.wait_ready([model_name], timeout=timeout_s)
     except BaseException:
         server.stop()
         raise
     return Served(server, model_name, archive, properties, env)
+
+
+def register(server: TorchServe, archive: str, name: str, workers: int, timeout_s: float) -> None:
+    """Register through the management API, as TorchServe's own benchmark tool does."""
+    query = urllib.parse.urlencode({"url": archive, "model_name": name,
+                                    "initial_workers": workers, "synchronous": "true"})
+    deadline = time.monotonic() + 60
+    while True:  # the management API answers a few seconds after `torchserve --start`
+        try:
+            request = urllib.request.Request(f"{server.management_url}/models?{query}",
+                                             method="POST")
+            with urllib.request.urlopen(request, timeout=timeout_s):
+                return
+        except urllib.error.URLError as error:
+            if isinstance(error, urllib.error.HTTPError) or time.monotonic() > deadline:
+                raise RuntimeError(f"registering {archive}: {error}") from error
+            time.sleep(0.5)
 
 
 def loaded_allocator(pid: int) -> str:

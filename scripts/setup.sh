@@ -65,6 +65,10 @@ sys.exit(0 if v.startswith('2.13.0') and '+cpu' in v else f'unexpected torch {v}
 apt_install "${APT_PACKAGES[@]}"
 ensure_java
 ensure_venv
+# What activating the venv sets; TorchServe's run_cpu wrapper (plain `torchserve --start`
+# with cpu_launcher_enable=true) looks for lib{tc,je}malloc.so in $VIRTUAL_ENV/lib.
+export VIRTUAL_ENV="$VENV"
+"$VENV/bin/python" -m launcher link-allocators >/dev/null
 export VENV
 # TorchServe's frontend starts workers (and its launcher probe) with a bare `python`.
 export PATH="$VENV/bin:$PATH"
