@@ -93,7 +93,7 @@ case "$command" in
         # Java, apt packages and the main venv (ruff) come from the main setup.
         source "$REPO_DIR/scripts/setup.sh"
         build_lane
-        # launcher.server puts the lane's bin first on PATH for TorchServe's workers.
+        # benchmarks.loopback_torchserve puts the lane's bin first on PATH for TorchServe's workers.
         export PATH="$LANE/bin:$PATH"
         cd "$REPO_DIR"
         exec "$LANE/bin/python" -m pytest -q -p no:cacheprovider tests/ipex "$@"
