@@ -63,7 +63,6 @@ class Prepared:
     """Everything decided before TorchServe starts."""
 
     config_path: Path
-    derived_properties: dict[str, str]
     env: dict[str, str]
     plan: Plan | None  # None when the config does not enable the launcher
     allocator: AllocatorChoice | None
@@ -82,18 +81,16 @@ def prepare(
     topology = allowed_topology()
     entries = model_entries(config, len(topology.cpus), models, Path(model_store))
     counts = {entry.name: entry.workers for entry in entries}
-    derived = dict(config.properties)
-    derived[ENABLE_KEY] = "false"
     if not config.launcher_enabled:
         log.warning("%s=true is not set in %s: workers will not be pinned", ENABLE_KEY, ts_config)
-        return Prepared(Path(ts_config), derived, {}, None, None, counts)
+        return Prepared(Path(ts_config), {}, None, None, counts)
     the_plan = start_preview(topology, config.options, sum(counts.values()))
     allocator = choose_allocator(config.options)
     if allocator.path is None:
         log.info("launcher: allocator glibc (%s)", allocator.reason)
     env = process_env(config.options, allocator, base)
     env[CONFIG_ENV] = str(Path(ts_config).resolve())
-    return Prepared(Path(ts_config), derived, env, the_plan, allocator, counts)
+    return Prepared(Path(ts_config), env, the_plan, allocator, counts)
 
 
 def start_preview(topology: Topology, options: LauncherOptions, workers: int) -> Plan:
