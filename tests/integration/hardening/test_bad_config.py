@@ -32,9 +32,11 @@ TINY_HANDLER = {"task": "image_classification", "image_size": 32, "resize_size":
                 "topk": 3, "warmup_iterations": 1}
 
 
-def run_launcher(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_launcher(*argv: str, cwd: Path, temp: Path | None = None
+                 ) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TEMP": str(temp)} if temp else None
     return subprocess.run([sys.executable, "-m", "launcher", *argv], capture_output=True,
-                          text=True, cwd=cwd, timeout=120, check=False)
+                          text=True, cwd=cwd, timeout=120, check=False, env=env)
 
 
 def tiny_archive(store: Path, name: str, handler: dict[str, object],
@@ -67,7 +69,8 @@ LAUNCHER_CASES = {
     # case: (cpu_launcher_args, workers per model, text the message must contain)
     "unknown flag": ("--bogus", 1, "unknown flag --bogus"),
     "node that does not exist": ("--node_id 7", 1, "--node_id 7"),
-    "more workers than cores": ("", 3, "3 workers need at least 3 physical cores"),
+    # sharing cores is the default policy; refusing them must stop the start-up
+    "more workers than cores": ("--oversubscribe refuse", 3, "3 workers"),
 }
 
 
@@ -96,10 +99,10 @@ def test_launcher_serve_refuses_to_start(case: str, tiny_store: Path, tmp_path: 
                       f"cpu_launcher_args={args}\ndefault_workers_per_model={workers}\n"
                       "load_models=tiny_default.mar\n")
     run_dir = tmp_path / "run"
+    (run_dir / "tmp").mkdir(parents=True)
     try:
         result = run_launcher("serve", "--ts-config", str(config), "--model-store",
-                              str(tiny_store), "--run-dir", str(run_dir), "--timeout", "30",
-                              cwd=tmp_path)
+                              str(tiny_store), cwd=tmp_path, temp=run_dir / "tmp")
     finally:
         stop_leftover(run_dir)
     assert result.returncode == 2, result.stderr

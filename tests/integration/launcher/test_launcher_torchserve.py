@@ -100,10 +100,10 @@ def test_killed_worker_is_replaced_on_its_own_block(jemalloc_server) -> None:
         return new.pop() if len(pids) == 2 and survivor in pids and new else None
 
     newcomer = wait_for(replaced, timeout=180)
+    # the live worker was not restarted: it grew while alone and went back to its cores
+    wait_for(lambda: allowed_list(survivor) == survivor_cpus, timeout=10, step=0.05)
     assert allowed_list(newcomer) == victim_cpus
     assert allowed_list(newcomer).isdisjoint(allowed_list(survivor))
-    # the live worker was not restarted: it grew while alone and went back to its cores
-    wait_for(lambda: allowed_list(survivor) == survivor_cpus, timeout=10)
 
 
 def test_plain_torchserve_under_taskset_uses_only_cpu_1(
