@@ -113,7 +113,9 @@ class PinnedWorker:
         self._threads_applied = 0
         self._memory = "not bound"
         self.placement: WorkerPlacement
-        self._sync(entry, inference_thread=True)
+        # read the seat back from the file, not `entry`: a worker that joined after this
+        # one's join returned has already moved it, and that write is in the stamp
+        self._sync(None, inference_thread=True)
 
     # -- the inference thread ----------------------------------------------------------
 
