@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import tempfile
@@ -31,11 +32,30 @@ class ServerError(RuntimeError):
     """TorchServe did not start, or did not load its models in time."""
 
 
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports free on 127.0.0.1 now, below the kernel's ephemeral
+    range so outgoing connections do not take them before TorchServe binds them.
+
+    All are held open until every one is chosen: ports picked one by one can repeat
+    (CI once gave the management API and gRPC the same port).
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    held: list[socket.socket] = []
+    try:
+        for port in random.sample(range(max(1024, low - 12000), low), 64):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+                continue
+            held.append(sock)
+            if len(held) == count:
+                return [int(s.getsockname()[1]) for s in held]
+        raise ServerError(f"no {count} free ports below {low} on 127.0.0.1")
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def loopback_properties(properties: Mapping[str, str]) -> dict[str, str]:
@@ -43,11 +63,12 @@ def loopback_properties(properties: Mapping[str, str]) -> dict[str, str]:
     authorization off unless the config says otherwise: callers here send no token."""
     rewritten = dict(properties)
     rewritten.setdefault("disable_token_authorization", "true")
-    for key in ADDRESS_KEYS:
-        rewritten[key] = f"http://127.0.0.1:{free_port()}"
+    ports = free_ports(len(ADDRESS_KEYS) + 2)
+    for key, port in zip(ADDRESS_KEYS, ports, strict=False):
+        rewritten[key] = f"http://127.0.0.1:{port}"
     # gRPC ports default to 7070/7071 and would collide between instances.
-    rewritten["grpc_inference_port"] = str(free_port())
-    rewritten["grpc_management_port"] = str(free_port())
+    rewritten["grpc_inference_port"] = str(ports[-2])
+    rewritten["grpc_management_port"] = str(ports[-1])
     return rewritten
 
 
@@ -158,8 +179,9 @@ class TorchServe:
     def log_tail(self, lines: int = 40) -> str:
         """The end of the frontend and worker logs, for error messages."""
         parts = []
-        for name in ("ts_log.log", "model_log.log"):
-            path = self.log_dir / name
+        # start.log holds the frontend's own stdout/stderr (e.g. a failed bind)
+        for path in (self.run_dir / "start.log", self.log_dir / "ts_log.log",
+                     self.log_dir / "model_log.log"):
             if path.exists():
                 tail = path.read_text(errors="replace").splitlines()[-lines:]
                 parts.append(f"--- {path} ---\n" + "\n".join(tail))
