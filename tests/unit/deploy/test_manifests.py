@@ -461,7 +461,7 @@ class FakeTorchServe:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     def write_keys(self, expired: bool) -> None:
         when = datetime.now(timezone.utc) + timedelta(minutes=-5 if expired else 60)
@@ -764,7 +764,7 @@ def kubernetes_validate_versions(module) -> list[str]:
 def test_kubernetes_validate(item: tuple[Path, dict]) -> None:
     kubernetes_validate = pytest.importorskip(
         "kubernetes_validate",
-        reason="kubernetes-validate is not installed (it is in the project's test extra)",
+        reason="kubernetes-validate is not installed: pip install 'kubernetes-validate>=1.37'",
     )
     _, doc = item
     if doc["kind"] == "InferenceService":
