@@ -1,5 +1,5 @@
 """A real TorchServe on free loopback ports with its own TEMP, for tests, benchmarks and
-the demo (production runs `python -m launcher serve`, which keeps the user's settings).
+the demo (production runs `torchserve-cpu serve`, which keeps the user's settings).
 
 Every instance gets its own run directory: TorchServe keeps its pid file in TEMP and
 its logs under the working directory, so two servers (a test and a benchmark, say)
@@ -22,8 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher.properties import read_properties, write_properties
-from launcher.serve import Prepared, derived_config_path, prepare, venv_bin
+from torchserve_cpu.launcher.properties import read_properties, write_properties
+from torchserve_cpu.launcher.serve import Prepared, derived_config_path, prepare, venv_bin
 
 ADDRESS_KEYS = ("inference_address", "management_address", "metrics_address")
 
@@ -109,6 +109,7 @@ class TorchServe:
     config_path: Path
     properties: dict[str, str]
     env: dict[str, str] = field(repr=False)
+    bin_dir: Path = field(default_factory=venv_bin)  # the environment TorchServe runs from
 
     @property
     def inference_url(self) -> str:
@@ -192,7 +193,7 @@ class TorchServe:
         if not self.alive():
             return
         subprocess.run(
-            [str(venv_bin() / "torchserve"), "--stop"],
+            [str(self.bin_dir / "torchserve"), "--stop"],
             env=self.env,
             cwd=self.run_dir,
             stdout=subprocess.DEVNULL,
@@ -221,8 +222,9 @@ def _proc_state(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[0]
 
 
-def server_env(run_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment for the frontend: own TEMP, logs in run_dir, this venv first on PATH."""
+def server_env(run_dir: Path, extra: Mapping[str, str] | None = None,
+               bin_dir: Path | None = None) -> dict[str, str]:
+    """Environment for the frontend: own TEMP, logs in run_dir, its venv first on PATH."""
     env = dict(os.environ)
     # TEMP holds the pid file and the workers' Unix sockets, whose paths may not exceed
     # 107 bytes (AF_UNIX): a deep run_dir (pytest's tmp_path) is too long, so TEMP is a
@@ -236,7 +238,7 @@ def server_env(run_dir: Path, extra: Mapping[str, str] | None = None) -> dict[st
     env["TEMP"] = str(tmp)
     env["LOG_LOCATION"] = str(run_dir / "logs")
     env["METRICS_LOCATION"] = str(run_dir / "logs")
-    env["PATH"] = f"{venv_bin()}{os.pathsep}{env.get('PATH', '')}"
+    env["PATH"] = f"{bin_dir or venv_bin()}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra or {})
     return env
 
@@ -247,10 +249,12 @@ def start(
     models: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     run_dir: Path | None = None,
+    bin_dir: Path | None = None,
 ) -> TorchServe:
     """Start TorchServe with `ts_config` rebound to free loopback ports.
 
-    `models` are `name=file.mar` or `file.mar` entries as for `torchserve --models`.
+    `models` are `name=file.mar` or `file.mar` entries as for `torchserve --models`;
+    `bin_dir` is the environment to run it from (default: this interpreter's).
     The caller waits with `wait_ready` and must `stop` the returned handle.
     """
     run_dir = Path(run_dir or tempfile.mkdtemp(prefix="torchserve-"))
@@ -259,9 +263,10 @@ def start(
     properties["model_store"] = str(Path(model_store).resolve())
     config_path = run_dir / "config.properties"
     write_properties(config_path, properties)
-    process_env = server_env(run_dir, env)
+    bin_dir = Path(bin_dir or venv_bin())
+    process_env = server_env(run_dir, env, bin_dir)
     command = [
-        str(venv_bin() / "torchserve"),
+        str(bin_dir / "torchserve"),
         "--start",
         "--ncs",
         "--ts-config",
@@ -288,6 +293,7 @@ def start(
         config_path=config_path,
         properties=properties,
         env=process_env,
+        bin_dir=bin_dir,
     )
 
 

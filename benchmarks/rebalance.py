@@ -20,10 +20,10 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks.loopback_torchserve import start
-from launcher.properties import write_properties
-from launcher.registry import FILE_NAME, REGISTRY_ENV, read_entries
-from launcher.sysfs import process_affinity
-from model_store.build import STORE_DIR, build_archive
+from torchserve_cpu.launcher.properties import write_properties
+from torchserve_cpu.launcher.registry import FILE_NAME, REGISTRY_ENV, read_entries
+from torchserve_cpu.launcher.sysfs import process_affinity
+from torchserve_cpu.model_store.build import STORE_DIR, build_archive
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rebalance"
 

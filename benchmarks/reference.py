@@ -19,9 +19,9 @@ import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from handlers.loading import load_model
-from handlers.settings import parse_settings
-from handlers.tasks import Inputs, make_task
+from torchserve_cpu.handlers.loading import load_model
+from torchserve_cpu.handlers.settings import parse_settings
+from torchserve_cpu.handlers.tasks import Inputs, make_task
 
 
 @dataclass(frozen=True)
@@ -97,8 +97,8 @@ def measure_reference(
             fn: Callable[..., object] = eager
             dtype, pipeline = "fp32", "eager"
             if optimized:
-                from handlers.ipex_support import probe_ipex
-                from handlers.optimizer import optimize
+                from torchserve_cpu.handlers.ipex_support import probe_ipex
+                from torchserve_cpu.handlers.optimizer import optimize
 
                 example = task.example_inputs(settings.example_batch_size)
                 chosen = optimize(eager, example, settings, probe_ipex(), task.classifies)

@@ -27,7 +27,7 @@ from benchmarks.scenarios import (
     THREADS_ENV,
     Scenario,
 )
-from launcher.properties import parse_properties, write_properties
+from torchserve_cpu.launcher.properties import parse_properties, write_properties
 
 STOCK_HANDLER = Path(__file__).resolve().parent / "stock_handler.py"
 
@@ -53,7 +53,7 @@ def archive_for(scenario: Scenario, case: ModelCase, load: Load, out_dir: Path) 
     """The .mar this scenario serves: a ready archive as is, else built by model_store."""
     if case.archive is not None:
         return case.archive
-    from model_store.build import build_archive  # imports torch; only needed here
+    from torchserve_cpu.model_store.build import build_archive  # imports torch; only needed here
 
     stock = scenario.handler == HANDLER_STOCK
     return build_archive(

@@ -18,10 +18,10 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from benchmarks.scenarios import THREADS_ENV
-from handlers.loading import load_model
-from handlers.optimizing_handler import header
-from handlers.settings import parse_settings
-from handlers.tasks import Inputs, make_task
+from torchserve_cpu.handlers.loading import load_model
+from torchserve_cpu.handlers.optimizing_handler import header
+from torchserve_cpu.handlers.settings import parse_settings
+from torchserve_cpu.handlers.tasks import Inputs, make_task
 
 
 class StockHandler(BaseHandler):

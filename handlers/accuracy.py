@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from handlers.settings import GateThresholds
+from torchserve_cpu.handlers.settings import GateThresholds
 
 # An fp32 backend only reorders arithmetic (folded BN, fused ops): it must agree closely.
 FP32_THRESHOLDS = GateThresholds(min_cosine=0.9999, max_abs_diff=1e-3, topk=1,

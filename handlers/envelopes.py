@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 from ts.utils.util import PredictionException
 
-from handlers.errors import BadInput
+from torchserve_cpu.handlers.errors import BadInput
 
 log = logging.getLogger(__name__)
 

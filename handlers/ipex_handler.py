@@ -1,13 +1,13 @@
-"""The handler file to archive: `torch-model-archiver --handler handlers/ipex_handler.py`.
+"""The handler file to archive: `torch-model-archiver --handler $(torchserve-cpu handler-path)`.
 
 TorchServe instantiates the one class defined in this file. Everything it does lives in
-the installed `handlers` package; model-config.yaml's `handler:` section picks the task
-(image_classification, text_classification, text_embedding) and the optimization.
+the installed `torchserve_cpu.handlers` package; model-config.yaml's `handler:` section
+picks the task (image_classification, text_classification, text_embedding) and the
+optimization (IPEX when it imports and matches torch, else native PyTorch).
 """
 
-from handlers.optimizing_handler import OptimizingHandler
+from torchserve_cpu.handlers.optimizing_handler import OptimizingHandler
 
 
-class IpexHandler(OptimizingHandler):
-    """Optimizing CPU handler: ipex.optimize when usable, else native PyTorch, then
-    channels-last, trace, freeze; pinned to this worker's cores."""
+class TorchServeCpuHandler(OptimizingHandler):
+    """The optimizing handler, defined here so TorchServe finds it in the archived file."""

@@ -40,7 +40,12 @@ def model_class_from_file(model_file: Path) -> type[nn.Module]:
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise ImportError(
+                f"{path.name} needs the safetensors package: pip install 'torchserve-cpu[text]'"
+            ) from None
 
         return load_file(str(path))
     state = torch.load(path, map_location="cpu", weights_only=True)

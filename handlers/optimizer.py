@@ -16,9 +16,9 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from handlers.accuracy import FP32_THRESHOLDS, Agreement, compare
-from handlers.ipex_support import IpexStatus
-from handlers.pipeline import (
+from torchserve_cpu.handlers.accuracy import FP32_THRESHOLDS, Agreement, compare
+from torchserve_cpu.handlers.ipex_support import IpexStatus
+from torchserve_cpu.handlers.pipeline import (
     PRESET_STEPS,
     Inputs,
     Plan,
@@ -28,7 +28,7 @@ from handlers.pipeline import (
     run_steps,
     set_onednn_graph,
 )
-from handlers.settings import GateThresholds, HandlerSettings
+from torchserve_cpu.handlers.settings import GateThresholds, HandlerSettings
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from handlers.envelopes import (
+from torchserve_cpu.handlers.envelopes import (
     ItemOrigin,
     came_through_envelope,
     check_answerable,
@@ -29,16 +29,16 @@ from handlers.envelopes import (
     request_errors,
     request_headers,
 )
-from handlers.errors import BadInput
-from handlers.ipex_support import probe_ipex
-from handlers.loading import load_model
-from handlers.optimizer import Optimized, optimize
-from handlers.pipeline import Inputs
-from handlers.profiling import op_ranges, stage_range
-from handlers.settings import HandlerSettings, parse_settings
-from handlers.tasks import Task, make_task
-from launcher.cpulist import format_cpulist
-from launcher.worker import PinnedWorker, pin_current_worker
+from torchserve_cpu.handlers.errors import BadInput
+from torchserve_cpu.handlers.ipex_support import probe_ipex
+from torchserve_cpu.handlers.loading import load_model
+from torchserve_cpu.handlers.optimizer import Optimized, optimize
+from torchserve_cpu.handlers.pipeline import Inputs
+from torchserve_cpu.handlers.profiling import op_ranges, stage_range
+from torchserve_cpu.handlers.settings import HandlerSettings, parse_settings
+from torchserve_cpu.handlers.tasks import Task, make_task
+from torchserve_cpu.launcher.cpulist import format_cpulist
+from torchserve_cpu.launcher.worker import PinnedWorker, pin_current_worker
 
 log = logging.getLogger(__name__)
 

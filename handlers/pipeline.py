@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from handlers.ipex_support import IpexStatus
+from torchserve_cpu.handlers.ipex_support import IpexStatus
 
 Inputs = tuple[torch.Tensor, ...]
 

@@ -68,7 +68,7 @@ def _check_bool(key: str, value: object) -> bool:
 
 
 def _check_optimize(value: object) -> tuple[str, ...] | str:
-    from handlers.pipeline import STEPS  # the step names live with the steps
+    from torchserve_cpu.handlers.pipeline import STEPS  # the step names live with the steps
 
     if isinstance(value, str):
         return _check_choice("optimize", value, PRESETS)

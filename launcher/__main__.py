@@ -1,10 +1,10 @@
-"""`python -m launcher ...`: see launcher.cli."""
+"""`torchserve-cpu ...`: see launcher.cli."""
 
 from __future__ import annotations
 
 import sys
 
-from launcher.cli import main
+from torchserve_cpu.launcher.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

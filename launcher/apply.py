@@ -12,8 +12,8 @@ import os
 import platform
 from collections.abc import Iterable, MutableMapping
 
-from launcher.cpulist import parse_cpulist
-from launcher.sysfs import NODE_DIR, SysRoot
+from torchserve_cpu.launcher.cpulist import parse_cpulist
+from torchserve_cpu.launcher.sysfs import NODE_DIR, SysRoot
 
 log = logging.getLogger(__name__)
 

@@ -25,11 +25,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from launcher.cpulist import format_cpulist
-from launcher.errors import LauncherError
-from launcher.options import LauncherOptions, parse_launcher_args
-from launcher.planner import Block, plan
-from launcher.topology import Topology
+from torchserve_cpu.launcher.cpulist import format_cpulist
+from torchserve_cpu.launcher.errors import LauncherError
+from torchserve_cpu.launcher.options import LauncherOptions, parse_launcher_args
+from torchserve_cpu.launcher.planner import Block, plan
+from torchserve_cpu.launcher.topology import Topology
 
 WorkerKey = tuple[int, int]  # (pid, start time): one process even after pid reuse
 

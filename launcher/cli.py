@@ -1,4 +1,4 @@
-"""Argument parsing and output of `python -m launcher plan | doctor | serve`."""
+"""The `torchserve-cpu` command: plan | doctor | serve | link-allocators | handler-path."""
 
 from __future__ import annotations
 
@@ -9,19 +9,19 @@ import os
 import sys
 from pathlib import Path
 
-from launcher.cpulist import format_cpulist
-from launcher.errors import LauncherError
-from launcher.facts import allowed_topology
-from launcher.lscpu import read_lscpu
-from launcher.options import parse_launcher_args
-from launcher.planner import Plan, plan
-from launcher.sysfs import SysRoot, read_topology
-from launcher.topology import Topology
-from launcher.tsconfig import read_ts_config, worker_counts
+from torchserve_cpu.launcher.cpulist import format_cpulist
+from torchserve_cpu.launcher.errors import LauncherError
+from torchserve_cpu.launcher.facts import allowed_topology
+from torchserve_cpu.launcher.lscpu import read_lscpu
+from torchserve_cpu.launcher.options import parse_launcher_args
+from torchserve_cpu.launcher.planner import Plan, plan
+from torchserve_cpu.launcher.sysfs import SysRoot, read_topology
+from torchserve_cpu.launcher.topology import Topology
+from torchserve_cpu.launcher.tsconfig import read_ts_config, worker_counts
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m launcher", description=__doc__)
+    parser = argparse.ArgumentParser(prog="torchserve-cpu", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     planning = commands.add_parser("plan", help="show the core blocks workers would get")
     planning.add_argument(
@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="let TorchServe's run_cpu wrapper find tcmalloc/jemalloc (plain torchserve --start)",
     )
     links.add_argument("--dir", type=Path, help="default: $VIRTUAL_ENV/lib, else ~/.local/lib")
+    commands.add_parser(
+        "handler-path",
+        help="print the installed handler file, for torch-model-archiver --handler",
+    )
     serving = commands.add_parser(
         "serve",
         help="run TorchServe in the foreground with pinned workers",
@@ -98,7 +102,7 @@ def render_plan(result: Plan) -> str:
 
 
 def run_doctor(args: argparse.Namespace) -> int:
-    from launcher.doctor import inspect, render
+    from torchserve_cpu.launcher.doctor import inspect, render
 
     report = inspect(frontend=args.frontend)
     print(render(report))
@@ -106,7 +110,7 @@ def run_doctor(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from launcher import serve
+    from torchserve_cpu.launcher import serve
 
     config = serve.find_ts_config(os.environ, args.ts_config, Path.cwd())
     store = serve.find_model_store(config, args.model_store)
@@ -123,10 +127,17 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_link_allocators(args: argparse.Namespace) -> int:
-    from launcher.environment import link_allocators, run_cpu_link_dir
+    from torchserve_cpu.launcher.environment import link_allocators, run_cpu_link_dir
 
     for line in link_allocators(args.dir or run_cpu_link_dir(os.environ)):
         print(line)
+    return 0
+
+
+def run_handler_path(args: argparse.Namespace) -> int:
+    from torchserve_cpu.handlers import HANDLER_FILE
+
+    print(HANDLER_FILE)
     return 0
 
 
@@ -135,6 +146,7 @@ COMMANDS = {
     "doctor": run_doctor,
     "serve": run_serve,
     "link-allocators": run_link_allocators,
+    "handler-path": run_handler_path,
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from launcher.errors import LauncherError
+from torchserve_cpu.launcher.errors import LauncherError
 
 
 def parse_cpulist(text: str, what: str = "cpu list") -> tuple[int, ...]:

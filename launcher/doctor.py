@@ -8,14 +8,14 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from launcher.cpulist import format_cpulist
-from launcher.environment import choose_allocator
-from launcher.errors import LauncherError
-from launcher.options import parse_launcher_args
-from launcher.procfs import mapped_allocator, torchserve_workers
-from launcher.registry import Entry, read_entries
-from launcher.sysfs import SysRoot, process_affinity, read_topology
-from launcher.topology import Topology
+from torchserve_cpu.launcher.cpulist import format_cpulist
+from torchserve_cpu.launcher.environment import choose_allocator
+from torchserve_cpu.launcher.errors import LauncherError
+from torchserve_cpu.launcher.options import parse_launcher_args
+from torchserve_cpu.launcher.procfs import mapped_allocator, torchserve_workers
+from torchserve_cpu.launcher.registry import Entry, read_entries
+from torchserve_cpu.launcher.sysfs import SysRoot, process_affinity, read_topology
+from torchserve_cpu.launcher.topology import Topology
 
 OMP_KEYS = ("OMP_NUM_THREADS", "KMP_AFFINITY", "KMP_BLOCKTIME", "LD_PRELOAD", "MALLOC_CONF")
 
@@ -142,8 +142,8 @@ def allocator_hints(workers: list[WorkerReport], entries: dict[int, Entry]) -> l
         if wanted != worker.allocator:
             hints.append(
                 f"pid {worker.pid}: allocator {worker.allocator}, wanted {wanted}: it must be "
-                "preloaded before the worker starts; start TorchServe with `python -m launcher "
-                "serve`, or run `python -m launcher link-allocators` so TorchServe's run_cpu "
+                "preloaded before the worker starts; start TorchServe with `torchserve-cpu "
+                "serve`, or run `torchserve-cpu link-allocators` so TorchServe's run_cpu "
                 "wrapper finds it"
             )
     return hints

@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.errors import LauncherError
-from launcher.options import Allocator, LauncherOptions
+from torchserve_cpu.launcher.errors import LauncherError
+from torchserve_cpu.launcher.options import Allocator, LauncherOptions
 
 log = logging.getLogger(__name__)
 

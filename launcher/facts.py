@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from launcher.errors import LauncherError
-from launcher.sysfs import (
+from torchserve_cpu.launcher.errors import LauncherError
+from torchserve_cpu.launcher.sysfs import (
     SysRoot,
     cgroup_cpu_quota,
     cgroup_cpuset,
     process_affinity,
     read_topology,
 )
-from launcher.topology import Topology
+from torchserve_cpu.launcher.topology import Topology
 
 
 def allowed_topology(pid: int | str = "self", sys_root: SysRoot | None = None) -> Topology:

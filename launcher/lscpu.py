@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from launcher.errors import LauncherError
-from launcher.topology import Cpu, Topology
+from torchserve_cpu.launcher.errors import LauncherError
+from torchserve_cpu.launcher.topology import Cpu, Topology
 
 COLUMNS = ("CPU", "CORE", "SOCKET", "NODE")
 

@@ -12,8 +12,8 @@ import shlex
 from dataclasses import dataclass
 from typing import Literal
 
-from launcher.cpulist import parse_cpulist
-from launcher.errors import LauncherError
+from torchserve_cpu.launcher.cpulist import parse_cpulist
+from torchserve_cpu.launcher.errors import LauncherError
 
 Allocator = Literal["tcmalloc", "jemalloc", "glibc"]
 Mode = Literal["latency", "throughput"]

@@ -18,10 +18,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from launcher.cpulist import format_cpulist
-from launcher.errors import LauncherError
-from launcher.options import LauncherOptions
-from launcher.topology import Topology
+from torchserve_cpu.launcher.cpulist import format_cpulist
+from torchserve_cpu.launcher.errors import LauncherError
+from torchserve_cpu.launcher.options import LauncherOptions
+from torchserve_cpu.launcher.topology import Topology
 
 LATENCY_MODE_CORES = 4  # run_cpu's --latency_mode block size
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.sysfs import SysRoot
+from torchserve_cpu.launcher.sysfs import SysRoot
 
 FRONTEND_CLASS = "org.pytorch.serve.ModelServer"
 WORKER_SCRIPT = "model_service_worker.py"

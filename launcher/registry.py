@@ -22,11 +22,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from launcher.balance import Demand, Pool, WorkerKey, assign
-from launcher.cpulist import format_cpulist
-from launcher.errors import LauncherError
-from launcher.procfs import is_alive
-from launcher.topology import Topology
+from torchserve_cpu.launcher.balance import Demand, Pool, WorkerKey, assign
+from torchserve_cpu.launcher.cpulist import format_cpulist
+from torchserve_cpu.launcher.errors import LauncherError
+from torchserve_cpu.launcher.procfs import is_alive
+from torchserve_cpu.launcher.topology import Topology
 
 REGISTRY_ENV = "TSCPU_REGISTRY_DIR"
 FILE_NAME = "torchserve-cpu-registry.json"

@@ -1,4 +1,4 @@
-"""`python -m launcher serve`: TorchServe in the foreground, workers pinned by the launcher.
+"""`torchserve-cpu serve`: TorchServe in the foreground, workers pinned by the launcher.
 
 TorchServe gets the user's config unchanged except cpu_launcher_enable=false, so its own
 run_cpu wrapper does not pin workers a second time; workers find the user's original
@@ -30,17 +30,17 @@ from pathlib import Path
 
 import psutil
 
-from launcher.balance import Demand, Pool, assign
-from launcher.environment import AllocatorChoice, choose_allocator, process_env
-from launcher.errors import LauncherError
-from launcher.facts import allowed_topology
-from launcher.options import LauncherOptions
-from launcher.planner import Plan
-from launcher.procfs import parent_pid
-from launcher.properties import read_properties
-from launcher.topology import Topology
-from launcher.tsconfig import ENABLE_KEY, model_entries, read_ts_config
-from launcher.worker import CONFIG_ENV
+from torchserve_cpu.launcher.balance import Demand, Pool, assign
+from torchserve_cpu.launcher.environment import AllocatorChoice, choose_allocator, process_env
+from torchserve_cpu.launcher.errors import LauncherError
+from torchserve_cpu.launcher.facts import allowed_topology
+from torchserve_cpu.launcher.options import LauncherOptions
+from torchserve_cpu.launcher.planner import Plan
+from torchserve_cpu.launcher.procfs import parent_pid
+from torchserve_cpu.launcher.properties import read_properties
+from torchserve_cpu.launcher.topology import Topology
+from torchserve_cpu.launcher.tsconfig import ENABLE_KEY, model_entries, read_ts_config
+from torchserve_cpu.launcher.worker import CONFIG_ENV
 
 log = logging.getLogger(__name__)
 

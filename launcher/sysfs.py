@@ -10,8 +10,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.cpulist import parse_cpulist
-from launcher.topology import Cpu, Topology
+from torchserve_cpu.launcher.cpulist import parse_cpulist
+from torchserve_cpu.launcher.topology import Cpu, Topology
 
 CPU_DIR = "sys/devices/system/cpu"
 NODE_DIR = "sys/devices/system/node"

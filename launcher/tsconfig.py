@@ -19,9 +19,9 @@ from pathlib import Path
 
 import yaml
 
-from launcher.errors import LauncherError
-from launcher.options import LauncherOptions, parse_launcher_args
-from launcher.properties import parse_properties
+from torchserve_cpu.launcher.errors import LauncherError
+from torchserve_cpu.launcher.options import LauncherOptions, parse_launcher_args
+from torchserve_cpu.launcher.properties import parse_properties
 
 ENABLE_KEY = "cpu_launcher_enable"
 ARGS_KEY = "cpu_launcher_args"

@@ -26,22 +26,28 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from launcher import apply
-from launcher.balance import Pool
-from launcher.cpulist import format_cpulist
-from launcher.environment import choose_allocator, late_env, worker_env
-from launcher.errors import LauncherError
-from launcher.facts import allowed_topology
-from launcher.options import LauncherOptions
-from launcher.procfs import Frontend, frontend_of, iomp_loaded, mapped_allocator, parent_pid
-from launcher.procfs import start_time as process_start_time
-from launcher.registry import Entry, Registry
-from launcher.sysfs import SysRoot, read_topology
-from launcher.tsconfig import read_ts_config
+from torchserve_cpu.launcher import apply
+from torchserve_cpu.launcher.balance import Pool
+from torchserve_cpu.launcher.cpulist import format_cpulist
+from torchserve_cpu.launcher.environment import choose_allocator, late_env, worker_env
+from torchserve_cpu.launcher.errors import LauncherError
+from torchserve_cpu.launcher.facts import allowed_topology
+from torchserve_cpu.launcher.options import LauncherOptions
+from torchserve_cpu.launcher.procfs import (
+    Frontend,
+    frontend_of,
+    iomp_loaded,
+    mapped_allocator,
+    parent_pid,
+)
+from torchserve_cpu.launcher.procfs import start_time as process_start_time
+from torchserve_cpu.launcher.registry import Entry, Registry
+from torchserve_cpu.launcher.sysfs import SysRoot, read_topology
+from torchserve_cpu.launcher.tsconfig import read_ts_config
 
 log = logging.getLogger(__name__)
 
-CONFIG_ENV = "TSCPU_CONFIG_FILE"  # set by `python -m launcher serve`: the user's config
+CONFIG_ENV = "TSCPU_CONFIG_FILE"  # set by `torchserve-cpu serve`: the user's config
 WATCH_INTERVAL = 0.1  # seconds between the watcher's stat() of the registry
 SWEEP_INTERVAL = 2.0  # seconds between liveness sweeps when no pidfd is available
 
@@ -288,6 +294,6 @@ def _allocator_note(options: LauncherOptions, fs: SysRoot) -> str:
         return ""
     return (
         f"wanted {wanted.name}: it was not preloaded when the worker started; start "
-        "TorchServe with `python -m launcher serve`, or run `python -m launcher "
+        "TorchServe with `torchserve-cpu serve`, or run `torchserve-cpu "
         "link-allocators` so TorchServe's run_cpu wrapper finds it"
     )

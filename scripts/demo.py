@@ -17,7 +17,7 @@ from pathlib import Path
 
 from benchmarks.ab import AbLoad, run_ab
 from benchmarks.loopback_torchserve import post, start_with_launcher
-from model_store.build import DEFAULT_OUT, STORE_DIR, build_archive
+from torchserve_cpu.model_store.build import DEFAULT_OUT, STORE_DIR, build_archive
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = STORE_DIR / "samples" / "shapes.jpg"
@@ -68,8 +68,8 @@ def main() -> int:
         print(f"  {result.requests_per_s:.1f} req/s, mean {result.mean_latency_ms:.1f} ms, "
               f"p50 {result.percentile(50)} ms, p99 {result.percentile(99)} ms, "
               f"errors {result.errors} of {result.complete}")
-        print("== python -m launcher doctor")
-        doctor = subprocess.run([sys.executable, "-m", "launcher", "doctor"],
+        print("== python -m torchserve_cpu.launcher doctor")
+        doctor = subprocess.run([sys.executable, "-m", "torchserve_cpu.launcher", "doctor"],
                                 capture_output=True, text=True, check=False)
         print("  " + doctor.stdout.strip().replace("\n", "\n  "))
         return 0 if result.errors == 0 else 1

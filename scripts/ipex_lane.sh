@@ -75,11 +75,13 @@ build_lane() {
 }
 
 link_repo() {
-    # Our package, like `pip install -e . --no-deps` but without touching the repo: a .pth
-    # naming this checkout (rewritten every run, so a fresh CI clone is the one imported).
-    local site
-    site="$("$LANE/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-    echo "$REPO_DIR" >"$site/torchserve_cpu_repo.pth"
+    # Our package (editable, no dependencies), re-pointed every run at this checkout, so a
+    # fresh CI clone is the one imported as torchserve_cpu.
+    rm -f "$("$LANE/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torchserve_cpu_repo.pth"
+    "$LANE/bin/pip" install -q --no-deps -e "$REPO_DIR" >"$LANE.link.log" 2>&1 || {
+        cat "$LANE.link.log" >&2
+        return 1
+    }
 }
 
 command="${1:-build}"

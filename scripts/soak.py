@@ -27,8 +27,8 @@ if str(REPO) not in sys.path:  # run as a file: make the project importable
 
 from benchmarks.ab import AbLoad, AbResult, run_ab  # noqa: E402
 from benchmarks.loopback_torchserve import TorchServe, start_with_launcher  # noqa: E402
-from launcher.cpulist import format_cpulist  # noqa: E402
-from launcher.sysfs import process_affinity  # noqa: E402
+from torchserve_cpu.launcher.cpulist import format_cpulist  # noqa: E402
+from torchserve_cpu.launcher.sysfs import process_affinity  # noqa: E402
 
 IMAGE = REPO / "model_store" / "samples" / "shapes.jpg"
 RESULTS = REPO / "benchmarks" / "results" / "soak"
@@ -179,7 +179,7 @@ def write_result(result: SoakResult, out_dir: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from model_store.build import build_archive
+    from torchserve_cpu.model_store.build import build_archive
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20_000)

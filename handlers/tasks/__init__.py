@@ -12,7 +12,7 @@ from typing import Protocol
 
 import torch
 
-from handlers.settings import HandlerSettings
+from torchserve_cpu.handlers.settings import HandlerSettings
 
 Inputs = tuple[torch.Tensor, ...]
 
@@ -31,9 +31,9 @@ class Task(Protocol):
 
 def make_task(settings: HandlerSettings, model_dir: Path) -> Task:
     if settings.task == "image_classification":
-        from handlers.tasks.image import ImageClassification
+        from torchserve_cpu.handlers.tasks.image import ImageClassification
 
         return ImageClassification(settings, model_dir)
-    from handlers.tasks.text import TextTask
+    from torchserve_cpu.handlers.tasks.text import TextTask
 
     return TextTask(settings, model_dir)

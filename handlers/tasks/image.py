@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from handlers.errors import BadInput
-from handlers.settings import HandlerSettings
-from handlers.tasks.labels import read_labels
+from torchserve_cpu.handlers.errors import BadInput
+from torchserve_cpu.handlers.settings import HandlerSettings
+from torchserve_cpu.handlers.tasks.labels import read_labels
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255

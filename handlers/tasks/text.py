@@ -10,11 +10,10 @@ import json
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer
 
-from handlers.errors import BadInput
-from handlers.settings import HandlerSettings
-from handlers.tasks.labels import read_labels
+from torchserve_cpu.handlers.errors import BadInput
+from torchserve_cpu.handlers.settings import HandlerSettings
+from torchserve_cpu.handlers.tasks.labels import read_labels
 
 TEXT_TYPES = ("text/", "application/json", "application/octet-stream")
 
@@ -42,12 +41,23 @@ def request_text(body: object, content_type: str | None) -> str:
     return body
 
 
+def load_tokenizer(path: Path):
+    """A fast tokenizer from the archive's tokenizer.json (the `[text]` extra)."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise ImportError(
+            "text archives need the tokenizers package: pip install 'torchserve-cpu[text]'"
+        ) from None
+    return Tokenizer.from_file(str(path))
+
+
 class TextTask:
     def __init__(self, settings: HandlerSettings, model_dir: Path) -> None:
         self.settings = settings
         self.embeds = settings.task == "text_embedding"
         self.classifies = not self.embeds
-        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self.tokenizer = load_tokenizer(model_dir / "tokenizer.json")
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
         self.pad_id = self.tokenizer.token_to_id("[PAD]") or 0

@@ -1,6 +1,6 @@
 """Model file for the bert archive: BERT-base sequence classification, one class."""
 
-from model_store.architectures.bert import BertClassifier
+from torchserve_cpu.model_store.architectures.bert import BertClassifier
 
 
 class BertBaseClassifier(BertClassifier):

@@ -1,6 +1,6 @@
 """Model file for the resnet50 archive: exactly one class, as TorchServe requires."""
 
-from model_store.architectures.resnet import ResNet
+from torchserve_cpu.model_store.architectures.resnet import ResNet
 
 
 class ResNet50(ResNet):

@@ -33,9 +33,9 @@ from PIL import Image
 from benchmarks import loopback_torchserve as server
 from benchmarks.ab import AbLoad, ab_command
 from benchmarks.loopback_torchserve import Reply, post
-from launcher.cpulist import parse_cpulist
-from launcher.registry import read_entries
-from model_store.build import STORE_DIR, build_archive
+from torchserve_cpu.launcher.cpulist import parse_cpulist
+from torchserve_cpu.launcher.registry import read_entries
+from torchserve_cpu.model_store.build import STORE_DIR, build_archive
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results" / "hardening"

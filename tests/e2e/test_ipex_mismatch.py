@@ -15,8 +15,8 @@ import pytest
 
 from benchmarks import loopback_torchserve as server
 from benchmarks.loopback_torchserve import post
-from model_store.build import STORE_DIR, build_archive
 from tests.support.ipex_wheel import FAKE_DIR, real_ipex_dir
+from torchserve_cpu.model_store.build import STORE_DIR, build_archive
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = STORE_DIR / "samples" / "shapes.jpg"

@@ -14,11 +14,11 @@ import torch
 
 from benchmarks import loopback_torchserve as server
 from benchmarks.loopback_torchserve import post
-from handlers.settings import parse_settings
-from handlers.tasks import make_task
-from model_store.build import STORE_DIR, build_archive
 from tests.support.itt import TORCH_DOMAIN, itt_env, read_itt_events
 from tests.support.models import eager_model, model_dir_for
+from torchserve_cpu.handlers.settings import parse_settings
+from torchserve_cpu.handlers.tasks import make_task
+from torchserve_cpu.model_store.build import STORE_DIR, build_archive
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = STORE_DIR / "samples" / "shapes.jpg"

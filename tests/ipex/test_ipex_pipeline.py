@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from handlers.accuracy import compare
-from handlers.optimizer import optimize, thresholds_for
-from handlers.pipeline import call_stage, prepare_inputs
-from handlers.settings import parse_settings
-from handlers.tasks import make_task
 from tests.support.ipex_lane import IPEX, requires_ipex
 from tests.support.models import eager_model, model_dir_for
+from torchserve_cpu.handlers.accuracy import compare
+from torchserve_cpu.handlers.optimizer import optimize, thresholds_for
+from torchserve_cpu.handlers.pipeline import call_stage, prepare_inputs
+from torchserve_cpu.handlers.settings import parse_settings
+from torchserve_cpu.handlers.tasks import make_task
 
 pytestmark = [requires_ipex, pytest.mark.integration]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from handlers.loading import load_state_dict
-from model_store.build import MODELS, tokenizer_files, weights_path
-from model_store.build import model_class_for as _model_class
+from torchserve_cpu.handlers.loading import load_state_dict
+from torchserve_cpu.model_store.build import MODELS, tokenizer_files, weights_path
+from torchserve_cpu.model_store.build import model_class_for as _model_class
 
 
 @functools.cache

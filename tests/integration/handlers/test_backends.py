@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from handlers.accuracy import FP32_THRESHOLDS, compare
-from handlers.ipex_support import IpexStatus
-from handlers.optimizer import optimize
-from handlers.pipeline import call_stage
-from handlers.settings import HandlerSettings, parse_settings
-from handlers.tasks import make_task
 from tests.support.models import eager_model, model_dir_for
+from torchserve_cpu.handlers.accuracy import FP32_THRESHOLDS, compare
+from torchserve_cpu.handlers.ipex_support import IpexStatus
+from torchserve_cpu.handlers.optimizer import optimize
+from torchserve_cpu.handlers.pipeline import call_stage
+from torchserve_cpu.handlers.settings import HandlerSettings, parse_settings
+from torchserve_cpu.handlers.tasks import make_task
 
 NO_IPEX = IpexStatus(None, "not installed")
 MODELS = ["resnet50", "bert", "minilm"]

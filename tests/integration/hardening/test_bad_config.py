@@ -1,6 +1,6 @@
 """Bad configuration fails at start-up with a message naming the key or flag.
 
-Launcher mistakes stop `python -m launcher serve` / `plan` with exit code 2 before any
+Launcher mistakes stop `torchserve-cpu serve` / `plan` with exit code 2 before any
 TorchServe starts. Handler mistakes in model-config.yaml fail that model's worker with
 `handler.<key>` in model_log.log while TorchServe keeps serving the other models; a
 model that cannot be traced falls back to eager, says so, and serves.
@@ -21,8 +21,9 @@ import yaml
 
 from benchmarks import loopback_torchserve as server
 from benchmarks.loopback_torchserve import post
-from handlers.loading import model_class_from_file
-from model_store.build import DEFAULT_HANDLER, STORE_DIR
+from torchserve_cpu.handlers import HANDLER_FILE
+from torchserve_cpu.handlers.loading import model_class_from_file
+from torchserve_cpu.model_store.build import STORE_DIR
 
 REPO = Path(__file__).resolve().parents[3]
 HERE = Path(__file__).resolve().parent
@@ -35,8 +36,9 @@ TINY_HANDLER = {"task": "image_classification", "image_size": 32, "resize_size":
 def run_launcher(*argv: str, cwd: Path, temp: Path | None = None
                  ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TEMP": str(temp)} if temp else None
-    return subprocess.run([sys.executable, "-m", "launcher", *argv], capture_output=True,
-                          text=True, cwd=cwd, timeout=120, check=False, env=env)
+    return subprocess.run([sys.executable, "-m", "torchserve_cpu.launcher", *argv],
+                          capture_output=True, text=True, cwd=cwd, timeout=120, check=False,
+                          env=env)
 
 
 def tiny_archive(store: Path, name: str, handler: dict[str, object],
@@ -58,7 +60,7 @@ def tiny_archive(store: Path, name: str, handler: dict[str, object],
     subprocess.run([str(Path(sys.executable).parent / "torch-model-archiver"),
                     "--model-name", name, "--version", "1.0",
                     "--model-file", str(TINY_MODEL), "--serialized-file", str(weights),
-                    "--handler", str(DEFAULT_HANDLER), "--config-file", str(config),
+                    "--handler", str(HANDLER_FILE), "--config-file", str(config),
                     "--export-path", str(store), "--force"], check=True, timeout=120)
     return store / f"{name}.mar"
 

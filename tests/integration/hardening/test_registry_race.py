@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from launcher.balance import Pool
-from launcher.errors import LauncherError
-from launcher.procfs import start_time
-from launcher.registry import Registry
-from launcher.topology import Cpu, Topology
+from torchserve_cpu.launcher.balance import Pool
+from torchserve_cpu.launcher.errors import LauncherError
+from torchserve_cpu.launcher.procfs import start_time
+from torchserve_cpu.launcher.registry import Registry
+from torchserve_cpu.launcher.topology import Cpu, Topology
 
 BLOCKS = 8
 MACHINE = Topology(tuple(Cpu(i, (i,), 0, 0) for i in range(BLOCKS)), nodes=(0,))

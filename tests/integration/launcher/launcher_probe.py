@@ -22,7 +22,7 @@ def ask(server, model: str = "probe") -> dict:
 
 
 def allowed_list(pid: int) -> set[int]:
-    from launcher.sysfs import process_affinity
+    from torchserve_cpu.launcher.sysfs import process_affinity
 
     return set(process_affinity(pid))
 

@@ -22,8 +22,6 @@ from pathlib import Path
 import pytest
 
 from benchmarks.loopback_torchserve import TorchServe, start
-from launcher.doctor import inspect
-from launcher.registry import read_entries
 from tests.integration.launcher.launcher_probe import (
     allowed_list,
     ask,
@@ -31,6 +29,8 @@ from tests.integration.launcher.launcher_probe import (
     wait_for,
     write_config,
 )
+from torchserve_cpu.launcher.doctor import inspect
+from torchserve_cpu.launcher.registry import read_entries
 
 HERE = Path(__file__).parent
 

@@ -18,16 +18,16 @@ from pathlib import Path
 import pytest
 
 from benchmarks.loopback_torchserve import start
-from launcher.balance import Demand, Pool, assign
-from launcher.options import parse_launcher_args
-from launcher.registry import read_entries
-from launcher.sysfs import read_topology
 from tests.integration.launcher.launcher_probe import (
     allowed_list,
     ask,
     env_with_registry,
     write_config,
 )
+from torchserve_cpu.launcher.balance import Demand, Pool, assign
+from torchserve_cpu.launcher.options import parse_launcher_args
+from torchserve_cpu.launcher.registry import read_entries
+from torchserve_cpu.launcher.sysfs import read_topology
 
 FLAGS = [
     "",
@@ -65,7 +65,7 @@ def run_cpu_links(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A $VIRTUAL_ENV whose lib/ has the links `launcher link-allocators` makes, as the
     README's plain-torchserve set-up does: run_cpu then preloads what was asked for."""
     venv = tmp_path_factory.mktemp("venv")
-    subprocess.run([sys.executable, "-m", "launcher", "link-allocators"], check=True,
+    subprocess.run([sys.executable, "-m", "torchserve_cpu.launcher", "link-allocators"], check=True,
                    env={**os.environ, "VIRTUAL_ENV": str(venv)}, timeout=60)
     return {"VIRTUAL_ENV": str(venv)}
 
@@ -108,13 +108,13 @@ def test_flag_through_plain_torchserve_matches_the_plan(
 def test_run_cpu_wrapped_workers_find_tcmalloc_through_the_link(
     probe_store: Path, tmp_path: Path, registry_dir: Path
 ) -> None:
-    """`python -m launcher link-allocators` links lib{tc,je}malloc.so where run_cpu looks
+    """`torchserve-cpu link-allocators` links lib{tc,je}malloc.so where run_cpu looks
     ($VIRTUAL_ENV/lib): a plain `torchserve --start` worker's allocator is then tcmalloc,
     the same as under `launcher serve`."""
     config = write_config(tmp_path, cpu_launcher_enable="true", default_workers_per_model="1")
     links = tmp_path / "venv"
     env = {**env_with_registry(registry_dir), "VIRTUAL_ENV": str(links)}
-    subprocess.run([sys.executable, "-m", "launcher", "link-allocators"], check=True,
+    subprocess.run([sys.executable, "-m", "torchserve_cpu.launcher", "link-allocators"], check=True,
                    env={**os.environ, **env}, timeout=60)
     assert (links / "lib" / "libtcmalloc.so").is_symlink()
     handle = start(config, probe_store, env=env, run_dir=tmp_path / "run")

@@ -9,9 +9,6 @@ from pathlib import Path
 import pytest
 
 from benchmarks import loopback_torchserve as server
-from launcher.doctor import inspect
-from launcher.procfs import mapped_allocator
-from launcher.registry import read_entries
 from tests.integration.launcher.launcher_probe import (
     allowed_list,
     ask,
@@ -19,6 +16,9 @@ from tests.integration.launcher.launcher_probe import (
     wait_for,
     write_config,
 )
+from torchserve_cpu.launcher.doctor import inspect
+from torchserve_cpu.launcher.procfs import mapped_allocator
+from torchserve_cpu.launcher.registry import read_entries
 
 
 @pytest.fixture(scope="module")

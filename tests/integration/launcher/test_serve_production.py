@@ -1,4 +1,4 @@
-"""`python -m launcher serve` as a production command: real TorchServe on the user's own
+"""`torchserve-cpu serve` as a production command: real TorchServe on the user's own
 fixed loopback ports, token authorization as configured, stopped by signals.
 
 The ports are fixed on purpose (the point is that serve keeps them); a port already
@@ -24,9 +24,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from launcher.errors import LauncherError
-from launcher.properties import parse_properties, read_properties
-from launcher.serve import (
+from torchserve_cpu.launcher.errors import LauncherError
+from torchserve_cpu.launcher.properties import parse_properties, read_properties
+from torchserve_cpu.launcher.serve import (
     DEFAULT_CONFIG,
     derived_config_text,
     exit_status,
@@ -202,7 +202,7 @@ def start_serve(
     process_env.update(env or {})
     with (directory / "serve.log").open("wb") as log:
         process = subprocess.Popen(
-            [*(command or [sys.executable, "-m", "launcher"]), "serve", *args],
+            [*(command or [sys.executable, "-m", "torchserve_cpu.launcher"]), "serve", *args],
             cwd=directory, env=process_env, stdout=log, stderr=subprocess.STDOUT,
         )
     served = None

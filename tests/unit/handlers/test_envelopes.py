@@ -12,7 +12,7 @@ from ts.torch_handler.request_envelope.kserve import KServeEnvelope
 from ts.torch_handler.request_envelope.kservev2 import KServev2Envelope
 from ts.utils.util import PredictionException
 
-from handlers.envelopes import (
+from torchserve_cpu.handlers.envelopes import (
     ItemOrigin,
     came_through_envelope,
     check_answerable,
@@ -22,7 +22,7 @@ from handlers.envelopes import (
     request_errors,
     request_headers,
 )
-from handlers.errors import BadInput
+from torchserve_cpu.handlers.errors import BadInput
 
 IMAGE_B64 = "aW1hZ2U="  # the envelopes never decode it
 

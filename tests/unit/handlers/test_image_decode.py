@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from handlers.errors import BadInput
-from handlers.settings import HandlerSettings
-from handlers.tasks.image import ImageClassification, center_crop_box
+from torchserve_cpu.handlers.errors import BadInput
+from torchserve_cpu.handlers.settings import HandlerSettings
+from torchserve_cpu.handlers.tasks.image import ImageClassification, center_crop_box
 
 
 def encoded(width: int, height: int, fmt: str = "JPEG") -> bytes:

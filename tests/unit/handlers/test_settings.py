@@ -1,6 +1,6 @@
 import pytest
 
-from handlers.settings import GateThresholds, HandlerSettings, parse_settings
+from torchserve_cpu.handlers.settings import GateThresholds, HandlerSettings, parse_settings
 
 
 def test_defaults_when_section_missing() -> None:

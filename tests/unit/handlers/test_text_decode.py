@@ -2,10 +2,10 @@ from pathlib import Path
 
 import pytest
 
-from handlers.errors import BadInput
-from handlers.settings import HandlerSettings
-from handlers.tasks.text import TextTask
-from model_store.build import minilm_dir
+from torchserve_cpu.handlers.errors import BadInput
+from torchserve_cpu.handlers.settings import HandlerSettings
+from torchserve_cpu.handlers.tasks.text import TextTask
+from torchserve_cpu.model_store.build import minilm_dir
 
 
 @pytest.fixture()

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from launcher.balance import Demand, Pool, assign
-from launcher.errors import LauncherError
-from launcher.lscpu import read_lscpu
-from launcher.topology import Topology
+from torchserve_cpu.launcher.balance import Demand, Pool, assign
+from torchserve_cpu.launcher.errors import LauncherError
+from torchserve_cpu.launcher.lscpu import read_lscpu
+from torchserve_cpu.launcher.topology import Topology
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "topologies"
 

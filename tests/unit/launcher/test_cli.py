@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.cli import main
+from torchserve_cpu.launcher.cli import main
 
 XEON = Path(__file__).resolve().parents[2] / "data" / "topologies" / "xeon-8180m-2s.lscpu"
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.environment import (
+from torchserve_cpu.launcher.environment import (
     JEMALLOC_MALLOC_CONF,
     choose_allocator,
     find_library,
@@ -14,8 +14,8 @@ from launcher.environment import (
     run_cpu_link_dir,
     worker_env,
 )
-from launcher.errors import LauncherError
-from launcher.options import parse_launcher_args
+from torchserve_cpu.launcher.errors import LauncherError
+from torchserve_cpu.launcher.options import parse_launcher_args
 
 LIBS = {
     "tcmalloc": Path("/lib/libtcmalloc.so.4"),

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from launcher.errors import LauncherError
-from launcher.lscpu import parse_lscpu, read_lscpu
-from launcher.sysfs import read_topology
+from torchserve_cpu.launcher.errors import LauncherError
+from torchserve_cpu.launcher.lscpu import parse_lscpu, read_lscpu
+from torchserve_cpu.launcher.sysfs import read_topology
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "topologies"
 

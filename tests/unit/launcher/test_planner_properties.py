@@ -5,10 +5,10 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from launcher.errors import LauncherError
-from launcher.options import LauncherOptions
-from launcher.planner import plan
-from launcher.topology import Cpu, Topology
+from torchserve_cpu.launcher.errors import LauncherError
+from torchserve_cpu.launcher.options import LauncherOptions
+from torchserve_cpu.launcher.planner import plan
+from torchserve_cpu.launcher.topology import Cpu, Topology
 
 
 @st.composite

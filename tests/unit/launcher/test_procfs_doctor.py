@@ -3,16 +3,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from launcher.doctor import WorkerReport, numa_pages, problems
-from launcher.lscpu import read_lscpu
-from launcher.procfs import (
+from torchserve_cpu.launcher.doctor import WorkerReport, numa_pages, problems
+from torchserve_cpu.launcher.lscpu import read_lscpu
+from torchserve_cpu.launcher.procfs import (
     FRONTEND_CLASS,
     frontend_of,
     mapped_allocator,
     parent_pid,
     start_time,
 )
-from launcher.sysfs import SysRoot
+from torchserve_cpu.launcher.sysfs import SysRoot
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "topologies"
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from launcher.balance import Pool
-from launcher.errors import LauncherError
-from launcher.procfs import start_time
-from launcher.registry import Registry, read_entries
-from launcher.topology import Cpu, Topology
+from torchserve_cpu.launcher.balance import Pool
+from torchserve_cpu.launcher.errors import LauncherError
+from torchserve_cpu.launcher.procfs import start_time
+from torchserve_cpu.launcher.registry import Registry, read_entries
+from torchserve_cpu.launcher.topology import Cpu, Topology
 
 
 def machine(cpus: int) -> Topology:

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import os
 
-from launcher.options import LauncherOptions
-from launcher.planner import plan
-from launcher.sysfs import (
+from torchserve_cpu.launcher.options import LauncherOptions
+from torchserve_cpu.launcher.planner import plan
+from torchserve_cpu.launcher.sysfs import (
     SysRoot,
     cgroup_cpu_quota,
     cgroup_cpuset,
