@@ -16,6 +16,7 @@ from packaging.version import Version
 
 from benchmarks.loopback_torchserve import post, start
 from tests.support.packaging import REPO, build_wheel, plugin_venv
+from tests.support.tiny_archive import build_tiny_archive
 from torchserve_cpu.launcher.cpulist import parse_cpulist
 from torchserve_cpu.launcher.sysfs import read_topology
 
@@ -60,23 +61,6 @@ def test_run_time_requirements_are_the_plugin_s_own(wheel: Path) -> None:
     assert "torch" not in extras | set(run_time)
 
 
-TINY_MODEL = '''
-import torch
-
-
-class TinyConvNet(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.bn = torch.nn.BatchNorm2d(8)
-        self.fc = torch.nn.Linear(8, 4)
-
-    def forward(self, x):
-        x = torch.relu(self.bn(self.conv(x)))
-        return self.fc(x.mean(dim=(2, 3)))
-'''
-
-
 def test_installed_wheel_serves_a_pinned_worker_without_the_repo(
     wheel: Path, tmp_path: Path
 ) -> None:
@@ -88,25 +72,11 @@ def test_installed_wheel_serves_a_pinned_worker_without_the_repo(
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
-    run = {"cwd": work, "env": env, "check": True, "timeout": 300}
-
-    handler = subprocess.run([str(bin_dir / "torchserve-cpu"), "handler-path"],
-                             capture_output=True, text=True, **run).stdout.strip()
+    handler = subprocess.run([str(bin_dir / "torchserve-cpu"), "handler-path"], cwd=work, env=env,
+                             capture_output=True, text=True, check=True).stdout.strip()
     assert Path(handler).is_file() and REPO not in Path(handler).parents, handler
-    (work / "model.py").write_text(TINY_MODEL)
-    (work / "model-config.yaml").write_text(
-        "minWorkers: 1\nmaxWorkers: 1\nhandler:\n  task: image_classification\n  topk: 2\n"
-        "  image_size: 32\n  resize_size: 36\n"
-    )
-    subprocess.run([str(bin_dir / "python"), "-c",
-                    "import torch, model; torch.manual_seed(0); "
-                    "torch.save(model.TinyConvNet().state_dict(), 'tiny.pt')"], **run)
     store = work / "store"
-    store.mkdir()
-    subprocess.run([str(bin_dir / "torch-model-archiver"), "--model-name", "tiny",
-                    "--version", "1.0", "--model-file", "model.py", "--serialized-file",
-                    "tiny.pt", "--handler", handler, "--config-file", "model-config.yaml",
-                    "--export-path", str(store)], **run)
+    build_tiny_archive(bin_dir, handler, work, store, env)
     config = work / "config.properties"
     config.write_text("cpu_launcher_enable=true\n")
     registry = tmp_path / "registry"
