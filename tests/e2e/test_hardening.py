@@ -3,8 +3,11 @@
 Bad requests each get a 4xx that names the problem while the worker that read them
 lives on (same pid); a worker killed with SIGKILL under ab load is replaced on its own
 core block and costs at most the requests in flight; a short soak on pinned workers
-loses nothing and does not grow. The bad-input table and the kill result are written
-under benchmarks/results/hardening/ so they can be quoted.
+loses nothing and does not grow. The bad-input table and the kill result are written to
+$TSCPU_RESULTS_DIR when set, else to a temporary folder (tests never write the repo);
+to refresh the committed ones:
+
+    TSCPU_RESULTS_DIR=benchmarks/results/hardening bash scripts/test.sh tests/e2e/test_hardening.py
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from collections import Counter
@@ -38,7 +42,7 @@ from torchserve_cpu.launcher.registry import read_entries
 from torchserve_cpu.model_store.build import STORE_DIR, build_archive
 
 REPO = Path(__file__).resolve().parents[2]
-RESULTS = REPO / "benchmarks" / "results" / "hardening"
+RESULTS = Path(os.environ.get("TSCPU_RESULTS_DIR") or tempfile.mkdtemp(prefix="hardening-"))
 IMAGE = STORE_DIR / "samples" / "shapes.jpg"
 SENTENCE = STORE_DIR.joinpath("samples", "sentence.txt").read_text().strip()
 REJECT_LIMIT = 32  # max_length of the minilm_reject archive
