@@ -27,6 +27,7 @@ from benchmarks.scenarios import (
     THREADS_ENV,
     Scenario,
 )
+from torchserve_cpu.launcher.procfs import mapped_allocator
 from torchserve_cpu.launcher.properties import parse_properties, write_properties
 
 STOCK_HANDLER = Path(__file__).resolve().parent / "stock_handler.py"
@@ -151,15 +152,8 @@ def register(server: TorchServe, archive: str, name: str, workers: int, timeout_
 
 
 def loaded_allocator(pid: int) -> str:
-    """Which malloc a process really mapped: jemalloc, tcmalloc or glibc."""
-    try:
-        maps = Path(f"/proc/{pid}/maps").read_text()
-    except OSError:
-        return "unknown"
-    for name in ("jemalloc", "tcmalloc"):
-        if f"lib{name}" in maps:
-            return name
-    return "glibc"
+    """Which malloc a process really mapped (launcher.allocators names), or "unknown"."""
+    return mapped_allocator(pid) or "unknown"
 
 
 def affinity(pid: int) -> str:

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from torchserve_cpu.launcher.allocators import ALLOCATORS
 from torchserve_cpu.launcher.cpulist import format_cpulist
 from torchserve_cpu.launcher.errors import LauncherError
 from torchserve_cpu.launcher.facts import allowed_topology
@@ -40,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--frontend", type=int, help="only workers of this TorchServe pid")
     links = commands.add_parser(
         "link-allocators",
-        help="let TorchServe's run_cpu wrapper find tcmalloc/jemalloc (plain torchserve --start)",
+        help="let TorchServe's run_cpu wrapper find "
+        + "/".join(entry.name for entry in ALLOCATORS if entry.run_cpu_file)
+        + " (plain torchserve --start)",
     )
     links.add_argument("--dir", type=Path, help="default: $VIRTUAL_ENV/lib, else ~/.local/lib")
     commands.add_parser(

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from torchserve_cpu.launcher.allocators import PRELOAD_FIX
 from torchserve_cpu.launcher.cpulist import format_cpulist
 from torchserve_cpu.launcher.environment import choose_allocator
 from torchserve_cpu.launcher.errors import LauncherError
@@ -29,7 +30,7 @@ class WorkerReport:
     os_threads: int
     model: str
     env: dict[str, str] = field(hash=False)
-    allocator: str = "glibc"
+    allocator: str = "unknown"  # as mapped in the process
     pages_per_node: dict[int, int] = field(default_factory=dict, hash=False)
     nodes: tuple[int, ...] = ()
     pending_threads: int | None = None  # re-balanced while idle: applied at its next batch
@@ -111,7 +112,7 @@ def inspect(
                 os_threads=_status_threads(pid, fs),
                 model=entry.model if entry else "?",
                 env=env,
-                allocator=mapped_allocator(pid, fs),
+                allocator=mapped_allocator(pid, fs) or "unknown",
                 pages_per_node=numa_pages(pid, fs),
                 nodes=tuple(sorted({node_of[c].node for c in cpus
                                     if c in node_of and node_of[c].node is not None})),
@@ -132,7 +133,7 @@ def allocator_hints(workers: list[WorkerReport], entries: dict[int, Entry]) -> l
     hints = []
     for worker in workers:
         entry = entries.get(worker.pid)
-        if entry is None:
+        if entry is None or worker.allocator == "unknown":
             continue
         try:
             wanted = choose_allocator(parse_launcher_args(entry.pool.args)).name
@@ -140,12 +141,8 @@ def allocator_hints(workers: list[WorkerReport], entries: dict[int, Entry]) -> l
             hints.append(f"pid {worker.pid}: {error}")
             continue
         if wanted != worker.allocator:
-            hints.append(
-                f"pid {worker.pid}: allocator {worker.allocator}, wanted {wanted}: it must be "
-                "preloaded before the worker starts; start TorchServe with `torchserve-cpu "
-                "serve`, or run `torchserve-cpu link-allocators` so TorchServe's run_cpu "
-                "wrapper finds it"
-            )
+            hints.append(f"pid {worker.pid}: allocator {worker.allocator}, wanted {wanted}: "
+                         f"it must be preloaded before the worker starts; {PRELOAD_FIX}")
     return hints
 
 

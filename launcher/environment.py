@@ -14,19 +14,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from torchserve_cpu.launcher.allocators import ALLOCATORS, DEFAULT, FALLBACK, allocator_named
 from torchserve_cpu.launcher.errors import LauncherError
-from torchserve_cpu.launcher.options import Allocator, LauncherOptions
+from torchserve_cpu.launcher.options import LauncherOptions
 
 log = logging.getLogger(__name__)
-
-# Measured on the development machine (ResNet-50-shaped net, batch 1, one thread):
-# run_cpu's "oversize_threshold:1,background_thread:true,metadata_thp:auto" gave ~15k
-# minor page faults per inference, jemalloc's defaults ~9k, and any finite decay
-# still ~9k; with decay disabled jemalloc keeps freed pages: 0 faults per inference,
-# as fast as tcmalloc. A worker's footprint then stays at its peak, which is what a
-# dedicated inference process wants. Benchmarks report this string.
-JEMALLOC_MALLOC_CONF = "metadata_thp:auto,dirty_decay_ms:-1,muzzy_decay_ms:-1"
-RUN_CPU_JEMALLOC_MALLOC_CONF = "oversize_threshold:1,background_thread:true,metadata_thp:auto"
 
 # Debian/Ubuntu put libraries under the multiarch folder, which run_cpu never
 # searches (it looks for an unversioned libjemalloc.so under /usr/lib).
@@ -37,20 +29,19 @@ LIBRARY_DIRS = (
     Path("/usr/local/lib"),
     Path(sys.prefix) / "lib",
 )
-LIBRARY_NAMES: dict[str, tuple[str, ...]] = {
-    "tcmalloc": ("libtcmalloc.so.4", "libtcmalloc_minimal.so.4", "libtcmalloc.so"),
-    "jemalloc": ("libjemalloc.so.2", "libjemalloc.so"),
-    "iomp": ("libiomp5.so",),
+IOMP = "iomp"  # Intel OpenMP: preloaded beside the allocator unless --disable_iomp
+LIBRARY_FILES: dict[str, tuple[str, ...]] = {
+    **{entry.name: entry.library_files for entry in ALLOCATORS if entry.preloaded},
+    IOMP: ("libiomp5.so",),
 }
-FLAG_OF: dict[str, str] = {"tcmalloc": "--enable_tcmalloc", "jemalloc": "--enable_jemalloc"}
 
 Finder = Callable[[str], "Path | None"]
 
 
 def find_library(kind: str, dirs: Sequence[Path] = LIBRARY_DIRS) -> Path | None:
-    """The first existing file for a library kind ("tcmalloc", "jemalloc", "iomp")."""
+    """The first existing file for a library kind (an allocator's name, or "iomp")."""
     for directory in dirs:
-        for name in LIBRARY_NAMES[kind]:
+        for name in LIBRARY_FILES[kind]:
             candidate = directory / name
             if candidate.exists():
                 return candidate
@@ -59,53 +50,54 @@ def find_library(kind: str, dirs: Sequence[Path] = LIBRARY_DIRS) -> Path | None:
 
 @dataclass(frozen=True)
 class AllocatorChoice:
-    """The allocator to preload (path None for glibc) and why it was chosen."""
+    """The allocator to preload (path None when nothing is preloaded) and why it was chosen."""
 
-    name: Allocator
+    name: str
     path: Path | None
     reason: str
 
 
 def choose_allocator(options: LauncherOptions, find: Finder = find_library) -> AllocatorChoice:
-    """tcmalloc unless told otherwise: it measured fastest here (issue 3: 17.1 req/s vs
-    15.7 glibc vs 13.0 jemalloc under run_cpu's MALLOC_CONF). An allocator asked for by
-    flag but not installed is an error naming the flag; the default falls back."""
-    if options.allocator == "glibc":
-        return AllocatorChoice("glibc", None, "--use_default_allocator")
+    """allocators.DEFAULT unless told otherwise. An allocator asked for by flag but not
+    installed is an error naming the flag and the package; the default falls back."""
     if options.allocator is not None:
-        path = find(options.allocator)
+        asked = allocator_named(options.allocator)
+        if not asked.preloaded:
+            return AllocatorChoice(asked.name, None, f"--{asked.flag}")
+        path = find(asked.name)
         if path is None:
             raise LauncherError(
-                f"{FLAG_OF[options.allocator]}: lib{options.allocator} not found in "
+                f"--{asked.flag}: {asked.name} ({', '.join(asked.library_files)}) not found in "
                 f"{', '.join(map(str, LIBRARY_DIRS))}; install it (Debian: "
-                f"{'libjemalloc2' if options.allocator == 'jemalloc' else 'libgoogle-perftools4'})"
+                f"{asked.debian_package})"
             )
-        return AllocatorChoice(options.allocator, path, FLAG_OF[options.allocator])
-    path = find("tcmalloc")
+        return AllocatorChoice(asked.name, path, f"--{asked.flag}")
+    path = find(DEFAULT)
     if path is None:
-        return AllocatorChoice("glibc", None, "default tcmalloc is not installed: using glibc")
-    return AllocatorChoice("tcmalloc", path, "default (measured fastest)")
+        return AllocatorChoice(
+            FALLBACK, None, f"default {DEFAULT} is not installed: using {FALLBACK}"
+        )
+    return AllocatorChoice(DEFAULT, path, "default (measured fastest)")
 
 
 def process_env(
     options: LauncherOptions,
-    allocator: AllocatorChoice,
+    choice: AllocatorChoice,
     base: Mapping[str, str],
     find: Finder = find_library,
     machine: str | None = None,
 ) -> dict[str, str]:
     """Variables to add to TorchServe's environment (inherited by every worker)."""
     env = late_env(options, machine)  # THP: PyTorch madvises big CPU tensors
-    preload = [str(allocator.path)] if allocator.path else []
-    iomp = find("iomp") if options.use_iomp else None
+    preload = [str(choice.path)] if choice.path else []
+    iomp = find(IOMP) if options.use_iomp else None
     if iomp is not None:
         preload.append(str(iomp))
         env.update(iomp_env())
     if preload:
         existing = [p for p in base.get("LD_PRELOAD", "").split(":") if p and p not in preload]
         env["LD_PRELOAD"] = ":".join(preload + existing)
-    if allocator.name == "jemalloc":
-        env["MALLOC_CONF"] = JEMALLOC_MALLOC_CONF
+    env.update(allocator_named(choice.name).env)
     return env
 
 
@@ -149,18 +141,20 @@ def run_cpu_link_dir(environ: Mapping[str, str]) -> Path:
 
 
 def link_allocators(directory: Path, find: Finder = find_library) -> list[str]:
-    """Make lib<name>.so links to the installed tcmalloc/jemalloc in `directory`.
+    """Make the unversioned links run_cpu looks for (libtcmalloc.so, ...) in `directory`.
 
     run_cpu (torch.backends.xeon.run_cpu) preloads only an unversioned lib<name>.so
     from a few fixed folders, none of them Debian's multiarch one; without a link the
     workers TorchServe wraps in it silently run on glibc malloc. Returns what was done.
     """
     done = []
-    for kind in ("tcmalloc", "jemalloc"):
-        target = find(kind)
-        link = directory / f"lib{kind}.so"
+    for entry in ALLOCATORS:
+        if entry.run_cpu_file is None:
+            continue
+        target = find(entry.name)
+        link = directory / entry.run_cpu_file
         if target is None:
-            done.append(f"lib{kind}: not installed, no link")
+            done.append(f"{entry.run_cpu_file}: {entry.name} not installed, no link")
             continue
         if link.resolve() == target.resolve():
             done.append(f"{link} -> {target} (already there)")

@@ -12,19 +12,18 @@ import shlex
 from dataclasses import dataclass
 from typing import Literal
 
+from torchserve_cpu.launcher.allocators import ALLOCATORS
 from torchserve_cpu.launcher.cpulist import parse_cpulist
 from torchserve_cpu.launcher.errors import LauncherError
 
-Allocator = Literal["tcmalloc", "jemalloc", "glibc"]
 Mode = Literal["latency", "throughput"]
 Oversubscribe = Literal["share", "refuse"]
 
+ALLOCATOR_FLAGS = tuple(entry.flag for entry in ALLOCATORS)
 BOOL_FLAGS = (
     "use_logical_core",
     "skip_cross_node_cores",
-    "enable_jemalloc",
-    "enable_tcmalloc",
-    "use_default_allocator",
+    *ALLOCATOR_FLAGS,
     "disable_numactl",
     "disable_taskset",
     "disable_iomp",
@@ -58,7 +57,7 @@ class LauncherOptions:
     ncores_per_instance: int | None = None
     core_list: tuple[int, ...] | None = None
     skip_cross_node_cores: bool = False
-    allocator: Allocator | None = None  # None: tcmalloc when installed, else glibc
+    allocator: str | None = None  # an allocators.ALLOCATORS name; None: the default if installed
     bind_memory: bool = True  # set_mempolicy to the block's node (run_cpu: numactl -m)
     bind_cpus: bool = True  # sched_setaffinity to the block (off only with both disables)
     use_iomp: bool = True  # preload Intel OpenMP when it is installed
@@ -109,7 +108,7 @@ def parse_launcher_args(text: str | None) -> LauncherOptions:
 
 def _build(seen: dict[str, str | bool], text: str) -> LauncherOptions:
     ints = {name: _positive_int(name, str(seen[name])) for name in INT_FLAGS if name in seen}
-    _exclusive(seen, ("enable_jemalloc", "enable_tcmalloc", "use_default_allocator"))
+    _exclusive(seen, ALLOCATOR_FLAGS)
     _exclusive(seen, ("latency_mode", "throughput_mode"))
     _exclusive(seen, ("node_id", "core_list"))
     for mode in ("latency_mode", "throughput_mode"):
@@ -119,13 +118,7 @@ def _build(seen: dict[str, str | bool], text: str) -> LauncherOptions:
                     raise LauncherError(
                         f"cpu_launcher_args: --{mode} and --{sizing} both size the blocks; use one"
                     )
-    allocator: Allocator | None = None
-    if "enable_jemalloc" in seen:
-        allocator = "jemalloc"
-    elif "enable_tcmalloc" in seen:
-        allocator = "tcmalloc"
-    elif "use_default_allocator" in seen:
-        allocator = "glibc"
+    allocator = next((entry.name for entry in ALLOCATORS if entry.flag in seen), None)
     mode: Mode | None = None
     if "latency_mode" in seen:
         mode = "latency"

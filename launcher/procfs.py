@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from torchserve_cpu.launcher.allocators import allocator_in
 from torchserve_cpu.launcher.sysfs import SysRoot
 
 FRONTEND_CLASS = "org.pytorch.serve.ModelServer"
@@ -121,20 +122,22 @@ def torchserve_workers(sys_root: SysRoot | None = None) -> Iterator[tuple[int, F
                 yield pid, frontend
 
 
-def mapped_allocator(pid: int | str = "self", sys_root: SysRoot | None = None) -> str:
-    """ "jemalloc", "tcmalloc" or "glibc": the malloc actually mapped in the process."""
-    names = mapped_libraries(pid, sys_root)
-    for name in ("jemalloc", "tcmalloc"):
-        if any(f"lib{name}" in library for library in names):
-            return name
-    return "glibc"
+def mapped_allocator(pid: int | str = "self", sys_root: SysRoot | None = None) -> str | None:
+    """The malloc actually mapped in the process (an allocators.ALLOCATORS name); None
+    when its maps cannot be read (it exited, or belongs to another user)."""
+    libraries = mapped_libraries(pid, sys_root)
+    return None if libraries is None else allocator_in(libraries)
 
 
-def mapped_libraries(pid: int | str = "self", sys_root: SysRoot | None = None) -> set[str]:
+def mapped_libraries(
+    pid: int | str = "self", sys_root: SysRoot | None = None
+) -> set[str] | None:
     """File names of the shared objects mapped in a process (from /proc/<pid>/maps)."""
-    text = (sys_root or SysRoot()).read(f"proc/{pid}/maps") or ""
+    text = (sys_root or SysRoot()).read(f"proc/{pid}/maps")
+    if text is None:
+        return None
     return {Path(line.split()[-1]).name for line in text.splitlines() if ".so" in line}
 
 
 def iomp_loaded(pid: int | str = "self", sys_root: SysRoot | None = None) -> bool:
-    return any(name.startswith("libiomp5") for name in mapped_libraries(pid, sys_root))
+    return any(name.startswith("libiomp5") for name in mapped_libraries(pid, sys_root) or ())

@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from torchserve_cpu.launcher import apply
+from torchserve_cpu.launcher.allocators import PRELOAD_FIX
 from torchserve_cpu.launcher.balance import Pool
 from torchserve_cpu.launcher.cpulist import format_cpulist
 from torchserve_cpu.launcher.environment import choose_allocator, late_env, worker_env
@@ -163,7 +164,7 @@ class PinnedWorker:
                 cpus=entry.cpus,
                 node=entry.node,
                 threads=self._threads_applied,
-                allocator=mapped_allocator("self", self._fs),
+                allocator=mapped_allocator("self", self._fs) or "unknown",
                 memory_policy=self._memory,
                 shared_with=entry.shared_with,
                 allocator_note=self._allocator_note,
@@ -290,10 +291,6 @@ def _allocator_note(options: LauncherOptions, fs: SysRoot) -> str:
         wanted = choose_allocator(options)
     except LauncherError as error:
         return f"asked for but {error}"
-    if wanted.name == mapped:
+    if mapped is None or wanted.name == mapped:
         return ""
-    return (
-        f"wanted {wanted.name}: it was not preloaded when the worker started; start "
-        "TorchServe with `torchserve-cpu serve`, or run `torchserve-cpu "
-        "link-allocators` so TorchServe's run_cpu wrapper finds it"
-    )
+    return f"wanted {wanted.name}: it was not preloaded when the worker started; {PRELOAD_FIX}"
