@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from torchserve_cpu.launcher.procfs import process_stat
 from torchserve_cpu.launcher.properties import read_properties, write_properties
 from torchserve_cpu.launcher.serve import Prepared, derived_config_path, prepare, venv_bin
 
@@ -132,7 +133,8 @@ class TorchServe:
             os.kill(self.pid, 0)
         except ProcessLookupError:
             return False
-        return _proc_state(self.pid) not in ("Z", "X", None)
+        stat = process_stat(self.pid)
+        return stat is not None and not stat.exited
 
     def describe(self, model_name: str) -> dict:
         """TorchServe's own description of one model (first version)."""
@@ -212,14 +214,6 @@ class TorchServe:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-
-def _proc_state(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[0]
 
 
 def server_env(run_dir: Path, extra: Mapping[str, str] | None = None,

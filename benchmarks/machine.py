@@ -6,35 +6,21 @@ import importlib.metadata
 import os
 import platform
 import socket
-from pathlib import Path
 
 import psutil
 
-SYS = Path("/sys")
-PROC = Path("/proc")
+from torchserve_cpu.launcher.cpulist import format_cpulist
+from torchserve_cpu.launcher.procfs import cpuinfo
+from torchserve_cpu.launcher.sysfs import node_cpus
 
 #: The flags that decide which kernels run (the rest of /proc/cpuinfo's list is noise here).
 INTERESTING_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
                      "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
 
 
-def cpuinfo(proc_root: Path = PROC) -> dict[str, str]:
-    """The first processor's block of /proc/cpuinfo."""
-    facts: dict[str, str] = {}
-    for line in (proc_root / "cpuinfo").read_text().splitlines():
-        if not line.strip():
-            if facts:
-                break
-            continue
-        key, _, value = line.partition(":")
-        facts[key.strip()] = value.strip()
-    return facts
-
-
-def numa_nodes(sys_root: Path = SYS) -> dict[str, str]:
+def numa_nodes() -> dict[str, str]:
     """NUMA node -> its cpulist ({} where the kernel shows no nodes)."""
-    nodes = sorted((sys_root / "devices/system/node").glob("node[0-9]*"))
-    return {n.name: (n / "cpulist").read_text().strip() for n in nodes if (n / "cpulist").exists()}
+    return {f"node{node}": format_cpulist(cpus) for node, cpus in node_cpus().items()}
 
 
 def _version(package: str) -> str | None:

@@ -1,20 +1,18 @@
 """CPU time and page faults of the server's processes, from /proc/<pid>/stat.
 
-Read straight from /proc (proc(5): fields minflt=10, majflt=12, utime=14, stime=15) because psutil
-does not expose fault counts; the root is a parameter so tests can point at a saved tree.
+Read through launcher.procfs because psutil does not expose fault counts; its root is a
+parameter so tests can point at a saved tree.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import psutil
 
-PROC = Path("/proc")
-_TICKS = os.sysconf("SC_CLK_TCK")
+from torchserve_cpu.launcher.procfs import process_stat
+from torchserve_cpu.launcher.sysroot import SysRoot
 
 
 @dataclass(frozen=True)
@@ -26,20 +24,12 @@ class ProcCounters:
     majflt: int
 
 
-def read_stat(pid: int, proc_root: Path = PROC) -> ProcCounters | None:
+def read_stat(pid: int, sys_root: SysRoot | None = None) -> ProcCounters | None:
     """Counters of `pid`, or None if it is gone."""
-    try:
-        text = (proc_root / str(pid) / "stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+    stat = process_stat(pid, sys_root)
+    if stat is None:
         return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = text[text.rindex(")") + 2 :].split()
-    # fields[0] is field 3 (state), so field k is fields[k - 3].
-    return ProcCounters(
-        cpu_s=(int(fields[11]) + int(fields[12])) / _TICKS,
-        minflt=int(fields[7]),
-        majflt=int(fields[9]),
-    )
+    return ProcCounters(cpu_s=stat.cpu_seconds, minflt=stat.minflt, majflt=stat.majflt)
 
 
 def process_tree(root_pid: int) -> list[int]:
@@ -51,11 +41,11 @@ def process_tree(root_pid: int) -> list[int]:
         return []
 
 
-def sample(pids: Iterable[int], proc_root: Path = PROC) -> dict[int, ProcCounters]:
+def sample(pids: Iterable[int], sys_root: SysRoot | None = None) -> dict[int, ProcCounters]:
     """Counters of every live pid in `pids`."""
     out = {}
     for pid in pids:
-        counters = read_stat(pid, proc_root)
+        counters = read_stat(pid, sys_root)
         if counters is not None:
             out[pid] = counters
     return out

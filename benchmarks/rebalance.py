@@ -20,9 +20,9 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks.loopback_torchserve import start
+from torchserve_cpu.launcher.procfs import allowed_cpus
 from torchserve_cpu.launcher.properties import write_properties
 from torchserve_cpu.launcher.registry import FILE_NAME, REGISTRY_ENV, read_entries
-from torchserve_cpu.launcher.sysfs import process_affinity
 from torchserve_cpu.model_store.build import STORE_DIR, build_archive
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rebalance"
@@ -42,7 +42,7 @@ def measure(out: Path, concurrency: int = 4) -> dict:
     try:
         server.wait_ready(["first"], timeout=600)
         (busy,) = server.worker_pids("first")
-        before = process_affinity(busy)
+        before = allowed_cpus(busy)
         load = subprocess.Popen(
             ["ab", "-k", "-r", "-c", str(concurrency), "-t", "120", "-n", "100000", "-p",
              str(STORE_DIR / "samples" / "shapes.jpg"), "-T", "image/jpeg",
@@ -61,13 +61,13 @@ def measure(out: Path, concurrency: int = 4) -> dict:
             now = time.monotonic()
             if joined is None and json.loads(registry_file.read_text())["generation"] > generation:
                 joined = now
-            if joined is not None and pinned is None and process_affinity(busy) != before:
+            if joined is not None and pinned is None and allowed_cpus(busy) != before:
                 pinned = now
             entry = next((e for e in read_entries(registry) if e.pid == busy), None)
             if pinned is not None and entry and entry.applied_threads == entry.threads:
                 applied = now
             time.sleep(0.001)
-        after = process_affinity(busy)
+        after = allowed_cpus(busy)
         load.terminate()
         load.wait(30)
     finally:

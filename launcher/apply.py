@@ -12,8 +12,8 @@ import os
 import platform
 from collections.abc import Iterable, MutableMapping
 
-from torchserve_cpu.launcher.cpulist import parse_cpulist
-from torchserve_cpu.launcher.sysfs import NODE_DIR, SysRoot
+from torchserve_cpu.launcher.procfs import thread_ids
+from torchserve_cpu.launcher.sysroot import SysRoot
 
 log = logging.getLogger(__name__)
 
@@ -31,21 +31,15 @@ def pin_threads(cpus: Iterable[int], sys_root: SysRoot | None = None) -> int:
     old CPUs, so each task under /proc/self/task is moved too. Returns threads moved.
     """
     wanted = set(cpus)
-    fs = sys_root or SysRoot()
     moved = 0
-    for name in fs.listdir("proc/self/task") or [str(os.getpid())]:
+    for thread in thread_ids("self", sys_root) or [os.getpid()]:
         try:
-            os.sched_setaffinity(int(name), wanted)
+            os.sched_setaffinity(thread, wanted)
             moved += 1
         except (ProcessLookupError, PermissionError):  # the thread ended meanwhile
             continue
     os.sched_setaffinity(0, wanted)
     return moved
-
-
-def nodes_with_memory(sys_root: SysRoot | None = None) -> tuple[int, ...] | None:
-    text = (sys_root or SysRoot()).read(f"{NODE_DIR}/has_memory")
-    return None if text is None else parse_cpulist(text, f"{NODE_DIR}/has_memory")
 
 
 def bind_memory(node: int, mode: int = MPOL_BIND, machine: str | None = None) -> str | None:

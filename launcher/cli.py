@@ -16,7 +16,8 @@ from torchserve_cpu.launcher.facts import allowed_topology
 from torchserve_cpu.launcher.lscpu import read_lscpu
 from torchserve_cpu.launcher.options import parse_launcher_args
 from torchserve_cpu.launcher.planner import Plan, plan
-from torchserve_cpu.launcher.sysfs import SysRoot, read_topology
+from torchserve_cpu.launcher.sysfs import read_topology
+from torchserve_cpu.launcher.sysroot import SysRoot
 from torchserve_cpu.launcher.topology import Topology
 from torchserve_cpu.launcher.tsconfig import read_ts_config, worker_counts
 

@@ -8,17 +8,29 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from torchserve_cpu.launcher.allocators import PRELOAD_FIX
+from torchserve_cpu.launcher.allocators import ALLOCATORS, PRELOAD_FIX
 from torchserve_cpu.launcher.cpulist import format_cpulist
 from torchserve_cpu.launcher.environment import choose_allocator
 from torchserve_cpu.launcher.errors import LauncherError
 from torchserve_cpu.launcher.options import parse_launcher_args
-from torchserve_cpu.launcher.procfs import mapped_allocator, torchserve_workers
+from torchserve_cpu.launcher.procfs import (
+    allowed_cpus,
+    environ,
+    mapped_allocator,
+    numa_pages,
+    status_fields,
+    torchserve_workers,
+)
 from torchserve_cpu.launcher.registry import Entry, read_entries
-from torchserve_cpu.launcher.sysfs import SysRoot, process_affinity, read_topology
+from torchserve_cpu.launcher.sysfs import read_topology
+from torchserve_cpu.launcher.sysroot import SysRoot
 from torchserve_cpu.launcher.topology import Topology
 
-OMP_KEYS = ("OMP_NUM_THREADS", "KMP_AFFINITY", "KMP_BLOCKTIME", "LD_PRELOAD", "MALLOC_CONF")
+# the start-up variables that decide threads and memory, shown per worker
+SHOWN_ENV = (
+    "OMP_NUM_THREADS", "KMP_AFFINITY", "KMP_BLOCKTIME", "LD_PRELOAD",
+    *dict.fromkeys(key for entry in ALLOCATORS for key in entry.env),
+)
 
 
 @dataclass(frozen=True)
@@ -44,34 +56,6 @@ class Report:
     warnings: tuple[str, ...] = ()
 
 
-def environ_of(pid: int, fs: SysRoot) -> dict[str, str]:
-    """The environment a process started with (later changes are not visible)."""
-    try:
-        raw = (fs.root / f"proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    pairs = (item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item)
-    return {key: value for key, _, value in pairs if key in OMP_KEYS}
-
-
-def numa_pages(pid: int, fs: SysRoot) -> dict[int, int]:
-    """Resident pages per node summed over /proc/<pid>/numa_maps (N<node>=<pages>)."""
-    pages: Counter[int] = Counter()
-    for line in (fs.read(f"proc/{pid}/numa_maps") or "").splitlines():
-        for token in line.split():
-            if token.startswith("N") and "=" in token and token[1:].split("=")[0].isdigit():
-                node, count = token[1:].split("=")
-                pages[int(node)] += int(count)
-    return dict(pages)
-
-
-def _status_threads(pid: int, fs: SysRoot) -> int:
-    for line in (fs.read(f"proc/{pid}/status") or "").splitlines():
-        if line.startswith("Threads:"):
-            return int(line.split()[1])
-    return 0
-
-
 def inspect(
     sys_root: SysRoot | None = None,
     entries: tuple[Entry, ...] | None = None,
@@ -87,10 +71,12 @@ def inspect(
         if frontend is not None and owner.pid != frontend:
             continue
         try:
-            cpus = process_affinity(pid, fs)
+            cpus = allowed_cpus(pid, fs)
         except ProcessLookupError:
             continue
-        env = environ_of(pid, fs)
+        started_with = environ(pid, fs) or {}
+        env = {key: value for key, value in started_with.items() if key in SHOWN_ENV}
+        status = status_fields(pid, fs) or {}
         entry = by_pid.get(pid)
         pending = None
         if entry is not None and entry.applied_threads is not None:
@@ -109,7 +95,7 @@ def inspect(
                 frontend=owner.pid,
                 cpus=cpus,
                 threads=threads,
-                os_threads=_status_threads(pid, fs),
+                os_threads=int(status.get("Threads", "0")),
                 model=entry.model if entry else "?",
                 env=env,
                 allocator=mapped_allocator(pid, fs) or "unknown",

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 from torchserve_cpu.launcher.errors import LauncherError
-from torchserve_cpu.launcher.sysfs import (
-    SysRoot,
-    cgroup_cpu_quota,
-    cgroup_cpuset,
-    process_affinity,
-    read_topology,
-)
+from torchserve_cpu.launcher.procfs import allowed_cpus
+from torchserve_cpu.launcher.sysfs import cgroup_cpu_quota, cgroup_cpuset, read_topology
+from torchserve_cpu.launcher.sysroot import SysRoot
 from torchserve_cpu.launcher.topology import Topology
 
 
@@ -20,7 +16,7 @@ def allowed_topology(pid: int | str = "self", sys_root: SysRoot | None = None) -
     already be narrowed (by run_cpu, or by an earlier pin).
     """
     fs = sys_root or SysRoot()
-    allowed = set(process_affinity(pid, fs))
+    allowed = set(allowed_cpus(pid, fs))
     cpuset = cgroup_cpuset(pid, fs)
     if cpuset is not None:
         allowed &= set(cpuset)

@@ -1,40 +1,22 @@
-"""Read CPU topology, cgroup limits and process affinity from /sys and /proc.
+"""Every read of the host's /sys: CPU topology, NUMA nodes, cgroup limits.
 
 Every read goes through `SysRoot`, whose root can point at a saved tree, so tests run
 the real parsing code over fake machines (psutil's habit) instead of mocking calls.
+Which cgroup a process is in comes from /proc, through procfs.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 from torchserve_cpu.launcher.cpulist import parse_cpulist
+from torchserve_cpu.launcher.procfs import CgroupDir, cgroup_dirs
+from torchserve_cpu.launcher.sysroot import SysRoot
 from torchserve_cpu.launcher.topology import Cpu, Topology
 
 CPU_DIR = "sys/devices/system/cpu"
 NODE_DIR = "sys/devices/system/node"
-
-
-@dataclass(frozen=True)
-class SysRoot:
-    """A filesystem root holding `sys/` and `proc/` (normally "/")."""
-
-    root: Path = Path("/")
-
-    def read(self, relative: str) -> str | None:
-        """Stripped file text, or None when the file does not exist or is unreadable."""
-        try:
-            return (self.root / relative.lstrip("/")).read_text().strip()
-        except (OSError, UnicodeDecodeError):
-            return None
-
-    def listdir(self, relative: str) -> list[str]:
-        try:
-            return sorted(p.name for p in (self.root / relative.lstrip("/")).iterdir())
-        except OSError:
-            return []
 
 
 def read_topology(sys_root: SysRoot | None = None) -> Topology:
@@ -71,16 +53,26 @@ def read_topology(sys_root: SysRoot | None = None) -> Topology:
 
 
 def _nodes(fs: SysRoot) -> tuple[dict[int, int], tuple[int, ...]]:
-    node_of: dict[int, int] = {}
-    nodes = []
+    cpus_of = node_cpus(fs)
+    node_of = {cpu: node for node, cpus in cpus_of.items() for cpu in cpus}
+    return node_of, tuple(cpus_of)
+
+
+def node_cpus(sys_root: SysRoot | None = None) -> dict[int, tuple[int, ...]]:
+    """CPUs of every NUMA node, nodes in id order ({} where the kernel shows none)."""
+    fs = sys_root or SysRoot()
+    found: dict[int, tuple[int, ...]] = {}
     for name in fs.listdir(NODE_DIR):
-        if not (name.startswith("node") and name[4:].isdigit()):
-            continue
-        node = int(name[4:])  # all digits: run_cpu kept one, so node 13 became node 1
-        nodes.append(node)
-        for cpu in parse_cpulist(fs.read(f"{NODE_DIR}/{name}/cpulist") or "", name):
-            node_of[cpu] = node
-    return node_of, tuple(sorted(nodes))
+        if name.startswith("node") and name[4:].isdigit():
+            # all digits: run_cpu kept one, so node 13 became node 1
+            found[int(name[4:])] = parse_cpulist(fs.read(f"{NODE_DIR}/{name}/cpulist") or "", name)
+    return dict(sorted(found.items()))
+
+
+def nodes_with_memory(sys_root: SysRoot | None = None) -> tuple[int, ...] | None:
+    """Nodes with memory (a memoryless node may still hold CPUs); None if unknown."""
+    text = (sys_root or SysRoot()).read(f"{NODE_DIR}/has_memory")
+    return None if text is None else parse_cpulist(text, f"{NODE_DIR}/has_memory")
 
 
 def _core_kinds(fs: SysRoot, online: tuple[int, ...]) -> dict[int, str]:
@@ -107,74 +99,6 @@ def _core_kinds(fs: SysRoot, online: tuple[int, ...]) -> dict[int, str]:
             for cpu, cap in capacities.items()
         }
     return {}
-
-
-def process_affinity(pid: int | str = "self", sys_root: SysRoot | None = None) -> tuple[int, ...]:
-    """CPUs a process may run on, from /proc/<pid>/status (works for any pid)."""
-    fs = sys_root or SysRoot()
-    status = fs.read(f"proc/{pid}/status")
-    if status is None:
-        raise ProcessLookupError(f"no /proc/{pid}/status")
-    for line in status.splitlines():
-        if line.startswith("Cpus_allowed_list:"):
-            return parse_cpulist(line.split(":", 1)[1], f"/proc/{pid}/status")
-    raise ProcessLookupError(f"/proc/{pid}/status has no Cpus_allowed_list")
-
-
-@dataclass(frozen=True)
-class CgroupDir:
-    """Where one cgroup hierarchy of a process lives on disk."""
-
-    version: int
-    path: Path  # relative to the sysfs root
-    mount: Path  # the hierarchy's mount point, where walking up stops
-
-
-def cgroup_dirs(pid: int | str = "self", sys_root: SysRoot | None = None) -> dict[str, CgroupDir]:
-    """The process's cgroup directory per controller ("cpuset", "cpu"; v2 gives both).
-
-    Uses /proc/<pid>/mountinfo so that a container, whose /proc/self/cgroup may name a
-    host path while its mount root is the container's own cgroup, resolves correctly
-    (see Documentation/admin-guide/cgroup-v2.rst, "Namespace").
-    """
-    fs = sys_root or SysRoot()
-    memberships: dict[str, str] = {}
-    for line in (fs.read(f"proc/{pid}/cgroup") or "").splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        _, controllers, path = parts
-        for controller in controllers.split(",") if controllers else [""]:
-            memberships[controller] = path
-    found: dict[str, CgroupDir] = {}
-    for line in (fs.read(f"proc/{pid}/mountinfo") or "").splitlines():
-        left, _, right = line.partition(" - ")
-        fields, tail = left.split(), right.split()
-        if len(fields) < 5 or len(tail) < 3:
-            continue
-        mount_root, mount_point, fstype, options = fields[3], fields[4], tail[0], tail[2]
-        if fstype == "cgroup2" and "" in memberships:
-            wanted = ["cpuset", "cpu"]
-            member = memberships[""]
-            version = 2
-        elif fstype == "cgroup":
-            wanted = [c for c in ("cpuset", "cpu") if c in options.split(",")]
-            member = next((memberships[c] for c in wanted if c in memberships), None)
-            version = 1
-        else:
-            continue
-        if member is None:
-            continue
-        relative = Path(member).relative_to(mount_root) if _under(member, mount_root) else Path()
-        directory = Path(mount_point.lstrip("/")) / relative
-        for controller in wanted:
-            if controller not in found or version == 1:  # a v1 controller mount wins
-                found[controller] = CgroupDir(version, directory, Path(mount_point.lstrip("/")))
-    return found
-
-
-def _under(path: str, root: str) -> bool:
-    return root == "/" or path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def _ancestors(directory: CgroupDir) -> list[Path]:

@@ -43,7 +43,8 @@ from torchserve_cpu.launcher.procfs import (
 )
 from torchserve_cpu.launcher.procfs import start_time as process_start_time
 from torchserve_cpu.launcher.registry import Entry, Registry
-from torchserve_cpu.launcher.sysfs import SysRoot, read_topology
+from torchserve_cpu.launcher.sysfs import nodes_with_memory, read_topology
+from torchserve_cpu.launcher.sysroot import SysRoot
 from torchserve_cpu.launcher.tsconfig import read_ts_config
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ class PinnedWorker:
             return "not bound (--disable_numactl)"
         if node is None:
             return "not bound (block spans nodes or node unknown)"
-        with_memory = apply.nodes_with_memory(self._fs)
+        with_memory = nodes_with_memory(self._fs)
         if with_memory is not None and node not in with_memory:
             return f"not bound (node {node} has no memory)"
         problem = apply.bind_memory(node)

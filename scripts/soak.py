@@ -28,7 +28,7 @@ if str(REPO) not in sys.path:  # run as a file: make the project importable
 from benchmarks.ab import AbLoad, AbResult, run_ab  # noqa: E402
 from benchmarks.loopback_torchserve import TorchServe, start_with_launcher  # noqa: E402
 from torchserve_cpu.launcher.cpulist import format_cpulist  # noqa: E402
-from torchserve_cpu.launcher.sysfs import process_affinity  # noqa: E402
+from torchserve_cpu.launcher.procfs import allowed_cpus, status_fields  # noqa: E402
 
 IMAGE = REPO / "model_store" / "samples" / "shapes.jpg"
 RESULTS = REPO / "benchmarks" / "results" / "soak"
@@ -37,19 +37,14 @@ MAX_GROWTH_PCT = 5.0
 
 def rss_bytes(pid: int) -> int:
     """Resident set size from /proc/<pid>/status (VmRSS, kB); 0 if the process is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    status = status_fields(pid) or {}
+    return int(status.get("VmRSS", "0 kB").split()[0]) * 1024
 
 
 def cpus_allowed(pid: int) -> str:
     """The CPUs a process may run on, as a cpulist ("" if it is gone)."""
     try:
-        return format_cpulist(process_affinity(pid))
+        return format_cpulist(allowed_cpus(pid))
     except ProcessLookupError:
         return ""
 

@@ -20,9 +20,9 @@ from benchmarks.loopback_torchserve import TorchServe, loopback_properties, post
 from tests.integration.launcher.launcher_probe import wait_for
 from tests.support.tiny_archive import build_tiny_archive
 from torchserve_cpu.handlers import HANDLER_FILE
+from torchserve_cpu.launcher.procfs import allowed_cpus
 from torchserve_cpu.launcher.properties import write_properties
 from torchserve_cpu.launcher.registry import read_entries
-from torchserve_cpu.launcher.sysfs import process_affinity
 
 REPO = Path(__file__).resolve().parents[2]
 ENTRYPOINT = REPO / "config" / "container" / "entrypoint.sh"
@@ -110,7 +110,7 @@ def check_pod(cgroup: Path, tmp_path: Path, allowed: set[int]) -> None:
         (pid,) = handle.worker_pids("tiny")
         assert str(cgroup.relative_to(CGROUP_V1 / cgroup.parent.name)) in \
             Path(f"/proc/{pid}/cgroup").read_text()
-        cpus = set(process_affinity(pid))
+        cpus = set(allowed_cpus(pid))
         assert cpus <= allowed
         entry = wait_for(lambda: next((e for e in read_entries(registry)
                                        if e.pid == pid and e.applied_threads), None))

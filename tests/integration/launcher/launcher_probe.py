@@ -22,9 +22,9 @@ def ask(server, model: str = "probe") -> dict:
 
 
 def allowed_list(pid: int) -> set[int]:
-    from torchserve_cpu.launcher.sysfs import process_affinity
+    from torchserve_cpu.launcher.procfs import allowed_cpus
 
-    return set(process_affinity(pid))
+    return set(allowed_cpus(pid))
 
 
 def wait_for(condition, timeout: float = 120.0, step: float = 0.5):

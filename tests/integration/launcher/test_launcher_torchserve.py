@@ -67,7 +67,6 @@ def test_jemalloc_is_really_mapped_in_the_workers(jemalloc_server) -> None:
     assert prepared.env["MALLOC_CONF"] == "metadata_thp:auto,dirty_decay_ms:-1,muzzy_decay_ms:-1"
     for pid in handle.worker_pids("probe"):
         assert mapped_allocator(pid) == "jemalloc"
-        assert "libjemalloc" in Path(f"/proc/{pid}/maps").read_text()
     assert "allocator=jemalloc" in ask(handle)["placement"]
 
 

@@ -17,7 +17,7 @@ from packaging.version import Version
 from benchmarks.loopback_torchserve import post, start
 from tests.support.packaging import REPO, build_wheel, plugin_venv
 from tests.support.tiny_archive import build_tiny_archive
-from torchserve_cpu.launcher.cpulist import parse_cpulist
+from torchserve_cpu.launcher.procfs import allowed_cpus
 from torchserve_cpu.launcher.sysfs import read_topology
 
 RUN_TIME = {"torchserve", "pyyaml", "psutil", "pillow", "numpy"}
@@ -90,12 +90,9 @@ def test_installed_wheel_serves_a_pinned_worker_without_the_repo(
         assert reply.status == 200, reply.body
         assert len(reply.json()["topk"]) == 2
         (pid,) = handle.worker_pids("tiny")
-        status = Path(f"/proc/{pid}/status").read_text()
-        allowed = next(line for line in status.splitlines()
-                       if line.startswith("Cpus_allowed_list")).split()[1]
         state = json.loads((registry / "torchserve-cpu-registry.json").read_text())
         (seat,) = [entry for entry in state["entries"] if entry["pid"] == pid]
-        assert list(parse_cpulist(allowed)) == seat["cpus"] == list(read_topology().cpu_ids)
+        assert list(allowed_cpus(pid)) == seat["cpus"] == list(read_topology().cpu_ids)
         # the worker is the plugin venv's python, importing the installed package
         assert f"Worker cmdline: [{bin_dir}/python" in (handle.log_dir / "ts_log.log").read_text()
     finally:

@@ -1,4 +1,5 @@
-"""TorchServe metric logs and Prometheus text saved from TorchServe 0.12; a saved /proc entry."""
+"""TorchServe metric logs and Prometheus text saved from TorchServe 0.12; a saved /proc entry
+(tests/data/proc, shared with the launcher's procfs tests)."""
 
 from pathlib import Path
 
@@ -13,8 +14,11 @@ from benchmarks.metrics import (
     percentile,
     prometheus_mean_latency_ms,
 )
+from torchserve_cpu.launcher.procfs import CLOCK_TICKS
+from torchserve_cpu.launcher.sysroot import SysRoot
 
 DATA = Path(__file__).parent / "data"
+SAVED_ROOT = SysRoot(Path(__file__).resolve().parents[2] / "data")  # holds proc/4242
 
 
 def test_log_lines_per_metric() -> None:
@@ -61,11 +65,11 @@ def test_prometheus_counters() -> None:
 
 
 def test_proc_stat_with_spaces_in_name() -> None:
-    counters = procstat.read_stat(4242, DATA / "proc")
+    counters = procstat.read_stat(4242, SAVED_ROOT)
     assert counters is not None
     assert (counters.minflt, counters.majflt) == (1500, 7)
-    assert counters.cpu_s == pytest.approx(300 / procstat._TICKS)
-    assert procstat.read_stat(999999, DATA / "proc") is None
+    assert counters.cpu_s == pytest.approx(300 / CLOCK_TICKS)
+    assert procstat.read_stat(999999, SAVED_ROOT) is None
 
 
 def test_usage_counts_new_processes_from_zero() -> None:

@@ -10,7 +10,8 @@ from torchserve_cpu.launcher.errors import LauncherError
 from torchserve_cpu.launcher.lscpu import read_lscpu
 from torchserve_cpu.launcher.options import parse_launcher_args
 from torchserve_cpu.launcher.planner import plan
-from torchserve_cpu.launcher.sysfs import SysRoot, read_topology
+from torchserve_cpu.launcher.sysfs import read_topology
+from torchserve_cpu.launcher.sysroot import SysRoot
 from torchserve_cpu.launcher.topology import Topology
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "topologies"

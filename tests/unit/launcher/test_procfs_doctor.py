@@ -3,18 +3,31 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from torchserve_cpu.launcher.doctor import WorkerReport, numa_pages, problems
+import pytest
+
+from torchserve_cpu.launcher.allocators import ALLOCATORS
+from torchserve_cpu.launcher.doctor import WorkerReport, problems
 from torchserve_cpu.launcher.lscpu import read_lscpu
 from torchserve_cpu.launcher.procfs import (
     FRONTEND_CLASS,
+    allowed_cpus,
+    cpuinfo,
+    environ,
     frontend_of,
+    iomp_loaded,
     mapped_allocator,
+    mapped_libraries,
+    numa_pages,
     parent_pid,
+    process_stat,
     start_time,
+    status_fields,
+    thread_ids,
 )
-from torchserve_cpu.launcher.sysfs import SysRoot
+from torchserve_cpu.launcher.sysroot import SysRoot
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "topologies"
+SAVED = SysRoot(DATA.parent)  # proc/4242: a worker's /proc entry, proc/cpuinfo
 
 
 def fake_process(root: Path, pid: int, ppid: int, args: list[str], cwd: Path) -> None:
@@ -53,16 +66,45 @@ def test_worker_finds_frontend_above_run_cpu(tmp_path: Path) -> None:
     assert frontend_of(100, SysRoot(tmp_path)) is None
 
 
+def test_saved_worker_entry() -> None:
+    stat = process_stat(4242, SAVED)
+    assert stat is not None and not stat.exited
+    assert (stat.ppid, stat.minflt, stat.majflt, stat.start_time) == (1, 1500, 7, 100)
+    assert (stat.utime, stat.stime) == (250, 50)  # comm "python3 -u (worker)" parses
+    status = status_fields(4242, SAVED)
+    assert status is not None and (status["Threads"], status["VmRSS"]) == ("23", "524288 kB")
+    assert allowed_cpus(4242, SAVED) == (0, 1)
+    assert thread_ids(4242, SAVED) == [4242, 4250]
+    assert environ(4242, SAVED) == {"PATH": "/usr/bin", "OMP_NUM_THREADS": "1", "EMPTY": "",
+                                    "LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4"}
+    assert numa_pages(4242, SAVED) == {0: 234, 1: 1056}
+    assert "libc.so.6" in (mapped_libraries(4242, SAVED) or ())
+    assert mapped_allocator(4242, SAVED) == "tcmalloc" and not iomp_loaded(4242, SAVED)
+    assert cpuinfo(SAVED)["model name"] == "AMD EPYC 9R14 96-Core Processor"
+
+
+def test_a_gone_process_is_none_or_lookup_error() -> None:
+    assert process_stat(999999, SAVED) is None and start_time(999999, SAVED) is None
+    assert status_fields(999999, SAVED) is None and environ(999999, SAVED) is None
+    assert mapped_allocator(999999, SAVED) is None and thread_ids(999999, SAVED) == []
+    with pytest.raises(ProcessLookupError):
+        allowed_cpus(999999, SAVED)
+
+
 def test_this_process() -> None:
     assert parent_pid() == os.getppid()
     assert start_time("self") == start_time(os.getpid())
-    assert mapped_allocator() in ("glibc", "jemalloc", "tcmalloc")
+    assert mapped_allocator() in {entry.name for entry in ALLOCATORS}
+    assert set(allowed_cpus()) == os.sched_getaffinity(0)
+    assert os.getpid() in thread_ids()
+    stat = process_stat()
+    assert stat is not None and stat.state == "R"
 
 
 def test_numa_maps_pages() -> None:
     root = Path("/proc/self/numa_maps")
     if root.exists():
-        assert sum(numa_pages(os.getpid(), SysRoot()).values()) > 0
+        assert sum(numa_pages(os.getpid()).values()) > 0
 
 
 def report(pid: int, cpus: tuple[int, ...], threads: int, nodes: tuple[int, ...]) -> WorkerReport:

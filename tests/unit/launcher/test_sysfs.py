@@ -4,13 +4,9 @@ import os
 
 from torchserve_cpu.launcher.options import LauncherOptions
 from torchserve_cpu.launcher.planner import plan
-from torchserve_cpu.launcher.sysfs import (
-    SysRoot,
-    cgroup_cpu_quota,
-    cgroup_cpuset,
-    process_affinity,
-    read_topology,
-)
+from torchserve_cpu.launcher.procfs import allowed_cpus
+from torchserve_cpu.launcher.sysfs import cgroup_cpu_quota, cgroup_cpuset, read_topology
+from torchserve_cpu.launcher.sysroot import SysRoot
 
 
 def test_hybrid_core_kinds(sysfs_tree) -> None:
@@ -31,7 +27,7 @@ def test_cpu_less_nodes_offline_cpu_and_cgroup_v2_container(sysfs_tree) -> None:
     assert {c.node for c in topology.cpus} == {0, 1}
     assert cgroup_cpuset(sys_root=root) == tuple(range(2, 14))
     assert cgroup_cpu_quota(sys_root=root) == 4.0
-    assert process_affinity(sys_root=root) == tuple(range(2, 14))
+    assert allowed_cpus(sys_root=root) == tuple(range(2, 14))
 
 
 def test_container_plan_uses_cpuset_and_quota(sysfs_tree) -> None:
@@ -59,7 +55,7 @@ def test_missing_files_mean_unknown(tmp_path) -> None:
 
 
 def test_real_machine_affinity_matches_os() -> None:
-    assert set(process_affinity()) == os.sched_getaffinity(0)
-    assert set(process_affinity(os.getpid())) == os.sched_getaffinity(0)
+    assert set(allowed_cpus()) == os.sched_getaffinity(0)
+    assert set(allowed_cpus(os.getpid())) == os.sched_getaffinity(0)
     cpuset = cgroup_cpuset()
     assert cpuset is None or os.sched_getaffinity(0) <= set(cpuset)
