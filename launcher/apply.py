@@ -17,8 +17,7 @@ from torchserve_cpu.launcher.sysroot import SysRoot
 
 log = logging.getLogger(__name__)
 
-MPOL_PREFERRED = 1
-MPOL_BIND = 2
+MPOL_BIND = 2  # <linux/mempolicy.h>: allocate only on the given nodes
 # set_mempolicy(2) numbers from the kernel's syscall tables (glibc has no wrapper).
 SET_MEMPOLICY = {"x86_64": 238, "aarch64": 237, "ppc64le": 261, "s390x": 270}
 
@@ -42,7 +41,7 @@ def pin_threads(cpus: Iterable[int], sys_root: SysRoot | None = None) -> int:
     return moved
 
 
-def bind_memory(node: int, mode: int = MPOL_BIND, machine: str | None = None) -> str | None:
+def bind_memory(node: int, machine: str | None = None) -> str | None:
     """set_mempolicy for this thread and the threads it starts later; None on success,
     else why not (seccomp in containers, a cpuset.mems without the node, no syscall)."""
     number = SET_MEMPOLICY.get(machine or platform.machine())
@@ -53,7 +52,7 @@ def bind_memory(node: int, mode: int = MPOL_BIND, machine: str | None = None) ->
     mask[node // bits] = 1 << (node % bits)
     libc = ctypes.CDLL(None, use_errno=True)
     # the kernel reads maxnode - 1 bits (mm/mempolicy.c get_nodes), as numactl passes
-    result = libc.syscall(number, mode, mask, ctypes.c_ulong(len(mask) * bits + 1))
+    result = libc.syscall(number, MPOL_BIND, mask, ctypes.c_ulong(len(mask) * bits + 1))
     if result != 0:
         errno = ctypes.get_errno()
         return f"set_mempolicy(node {node}): {os.strerror(errno)}"

@@ -12,9 +12,6 @@ schedule would wait for the slow cores).
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,12 +51,6 @@ class Plan:
     notes: tuple[str, ...]
     options: LauncherOptions
 
-    def key(self) -> str:
-        """Stable id of the block layout: the registry file is keyed by it."""
-        layout = [[block.cpus, block.node] for block in self.blocks]
-        digest = hashlib.sha256(json.dumps(layout).encode()).hexdigest()
-        return digest[:16]
-
     def to_dict(self) -> dict[str, object]:
         return {
             "workers": [block.to_dict() for block in self.blocks],
@@ -67,7 +58,6 @@ class Plan:
             "leftover_cpus": list(self.leftover),
             "notes": list(self.notes),
             "launcher_args": self.options.args,
-            "plan_key": self.key(),
         }
 
 
@@ -86,7 +76,7 @@ def plan(topology: Topology, options: LauncherOptions, workers: int) -> Plan:
         raise LauncherError(f"workers must be >= 0, got {workers}")
     notes: list[str] = []
     units = _units(topology, options)
-    quota_cpus = None if topology.cpu_quota is None else max(1, math.floor(topology.cpu_quota))
+    quota_cpus = topology.quota_cpus
     budget = len(units)
     if quota_cpus is not None and quota_cpus < len(units):
         notes.append(

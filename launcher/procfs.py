@@ -154,12 +154,10 @@ def pids(sys_root: SysRoot | None = None) -> list[int]:
 
 @dataclass(frozen=True)
 class Frontend:
-    """A TorchServe Java frontend and the arguments ts/model_server.py gave it."""
+    """A TorchServe Java frontend: where its config is (ts/model_server.py passes -f)."""
 
     pid: int
     config: Path | None  # -f, resolved against the frontend's cwd
-    model_store: Path | None  # -s
-    models: tuple[str, ...]  # -m entries
     cwd: Path | None
 
 
@@ -180,26 +178,14 @@ def frontend_of(pid: int | str = "self", sys_root: SysRoot | None = None) -> Fro
 
 
 def parse_frontend(pid: int, args: Sequence[str], fs: SysRoot) -> Frontend:
+    """The frontend's -f (--ts-config-file), resolved against its cwd as Java would."""
     cwd = _cwd(pid, fs)
-    after = list(args[list(args).index(FRONTEND_CLASS) + 1 :])
-    values: dict[str, list[str]] = {}
-    flag = None
-    for arg in after:
-        if arg.startswith("-"):
-            flag = arg
-            values.setdefault(flag, [])
-        elif flag is not None:
-            values[flag].append(arg)
-
-    def path(*flags: str) -> Path | None:
-        for name in flags:
-            if values.get(name):
-                given = Path(values[name][0])
-                return given if given.is_absolute() or cwd is None else cwd / given
-        return None
-
-    models = tuple(values.get("-m", []) + values.get("--models", []))
-    return Frontend(pid, path("-f", "--ts-config-file"), path("-s", "--model-store"), models, cwd)
+    after = list(args)[list(args).index(FRONTEND_CLASS) + 1 :]
+    config = next((Path(value) for flag, value in zip(after, after[1:], strict=False)
+                   if flag in ("-f", "--ts-config-file") and not value.startswith("-")), None)
+    if config is not None and not config.is_absolute() and cwd is not None:
+        config = cwd / config
+    return Frontend(pid, config, cwd)
 
 
 def _cwd(pid: int, fs: SysRoot) -> Path | None:

@@ -7,7 +7,6 @@ Which cgroup a process is in comes from /proc, through procfs.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from torchserve_cpu.launcher.cpulist import parse_cpulist
@@ -148,8 +147,3 @@ def cgroup_cpu_quota(pid: int | str = "self", sys_root: SysRoot | None = None) -
         if quota not in ("max", "-1") and period:
             limits.append(int(quota) / int(period))
     return min(limits) if limits else None
-
-
-def cpus_for_quota(quota: float | None) -> int | None:
-    """How many whole CPUs a bandwidth limit pays for (at least one)."""
-    return None if quota is None else max(1, math.floor(quota + 1e-9))

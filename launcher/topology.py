@@ -8,6 +8,7 @@ adjacently (cloud VMs). Node ids are ints with gaps; some nodes have no CPUs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
@@ -65,3 +66,9 @@ class Topology:
 
     def with_quota(self, cpu_quota: float | None) -> Topology:
         return replace(self, cpu_quota=cpu_quota)
+
+    @property
+    def quota_cpus(self) -> int | None:
+        """Whole CPUs the quota pays for (at least one): more threads would be throttled.
+        None when there is no quota."""
+        return None if self.cpu_quota is None else max(1, math.floor(self.cpu_quota))

@@ -178,13 +178,6 @@ def test_explicit_block_size_that_cannot_stay_local_spans(xeon: Topology) -> Non
     assert three.blocks[1].node is None  # 18 + 18 + 18 > 28 per node: one block spans
 
 
-def test_plan_key_depends_on_layout_only(xeon: Topology) -> None:
-    a = plan(xeon, parse_launcher_args(""), 4)
-    b = plan(xeon, parse_launcher_args("--enable_jemalloc"), 4)
-    c = plan(xeon, parse_launcher_args(""), 2)
-    assert a.key() == b.key() != c.key()
-
-
 def test_json_shape(xeon: Topology) -> None:
     data = plan(xeon, parse_launcher_args(""), 4).to_dict()
     assert data["workers"][0] == {"cpus": list(range(14)), "node": 0, "threads": 14}

@@ -60,8 +60,6 @@ def test_worker_finds_frontend_above_run_cpu(tmp_path: Path) -> None:
     frontend = frontend_of(300, SysRoot(tmp_path))
     assert frontend is not None and frontend.pid == 100
     assert frontend.config == tmp_path / "home" / "conf" / "config.properties"
-    assert frontend.model_store == Path("/store")
-    assert frontend.models == ("a=a.mar", "b.mar")
     assert start_time(300, SysRoot(tmp_path)) == 777  # comm with a space parses
     assert frontend_of(100, SysRoot(tmp_path)) is None
 

@@ -59,3 +59,9 @@ def test_real_machine_affinity_matches_os() -> None:
     assert set(allowed_cpus(os.getpid())) == os.sched_getaffinity(0)
     cpuset = cgroup_cpuset()
     assert cpuset is None or os.sched_getaffinity(0) <= set(cpuset)
+
+
+def test_quota_pays_for_whole_cpus_at_least_one(sysfs_tree) -> None:
+    topology = read_topology(SysRoot(sysfs_tree("sysfs-cgroup-v1-docker.txt")))
+    assert topology.quota_cpus is None
+    assert [topology.with_quota(q).quota_cpus for q in (0.3, 1.5, 4.0)] == [1, 1, 4]
