@@ -11,6 +11,7 @@ models, which TorchServe's per-model --ninstances/--rank never were.
 from __future__ import annotations
 
 import json
+import os
 import re
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,7 @@ from torchserve_cpu.launcher.options import LauncherOptions, parse_launcher_args
 from torchserve_cpu.launcher.properties import parse_properties
 
 ENABLE_KEY = "cpu_launcher_enable"
+ENV_REFERENCE = re.compile(r"\$\$([^$]+[^$])\$\$")  # ConfigManager.resolveEnvVarVals
 ARGS_KEY = "cpu_launcher_args"
 ARCHIVE_SUFFIXES = (".mar", ".model")
 
@@ -45,13 +47,40 @@ class ModelEntry:
     archive: Path | None  # None for a URL the launcher cannot open
 
 
-def read_ts_config(path: Path) -> TsConfig:
-    """Parse a config.properties; a bad launcher key raises LauncherError naming it."""
+def frontend_properties(
+    properties: Mapping[str, str], environ: Mapping[str, str], path: Path | str = "config"
+) -> dict[str, str]:
+    """The values the Java frontend ends up with (ConfigManager): `$$NAME$$` in a value is
+    replaced by that environment variable, then, with enable_envvars_config=true, a
+    `TS_<KEY>` variable overrides `<key>` (how a pod sets default_workers_per_model)."""
+
+    def lookup(key: str, match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in environ:
+            raise LauncherError(f"{path}: {key} refers to $${name}$$ but ${name} is not set")
+        return environ[name]
+
+    resolved = {
+        key: ENV_REFERENCE.sub(lambda match, key=key: lookup(key, match), value)
+        for key, value in properties.items()
+    }
+    if resolved.get("enable_envvars_config", "").strip().lower() == "true":
+        for name, value in environ.items():
+            if name.startswith("TS_") and name != "TS_CONFIG_FILE":
+                resolved[name[3:].lower()] = value
+    return resolved
+
+
+def read_ts_config(path: Path, environ: Mapping[str, str] | None = None) -> TsConfig:
+    """Parse a config.properties as the frontend will see it in `environ` (default: this
+    process's); a bad launcher key raises LauncherError naming it."""
     try:
         text = Path(path).read_text()
     except OSError as error:
         raise LauncherError(f"TorchServe config {path}: {error.strerror}") from None
-    properties = parse_properties(text)
+    properties = frontend_properties(
+        parse_properties(text), os.environ if environ is None else environ, path
+    )
     enabled_text = properties.get(ENABLE_KEY, "false").strip().lower()
     if enabled_text not in ("true", "false"):
         raise LauncherError(f"{path}: {ENABLE_KEY}={enabled_text!r}; use true or false")

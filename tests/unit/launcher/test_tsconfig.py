@@ -115,3 +115,33 @@ def test_config_file_named_in_model_config_must_exist(tmp_path: Path, store: Pat
     parsed = read_ts_config(config(tmp_path, f"model_store={store}\nload_models=broken.mar"))
     with pytest.raises(LauncherError, match="gone.yaml"):
         worker_counts(parsed, 4)
+
+
+# ---- what the frontend makes of the file in its environment (ConfigManager) -------------
+
+def test_env_reference_in_a_value_is_resolved_as_the_frontend_does(tmp_path: Path) -> None:
+    path = config(tmp_path, "default_workers_per_model=$$POD_CPUS$$\nload_models=a.mar\n")
+    mar(tmp_path, "a.mar", "a")
+    ts = read_ts_config(path, environ={"POD_CPUS": "3"})
+    assert worker_counts(ts, cpus=8, model_store=tmp_path) == {"a": 3}
+
+
+def test_unset_env_reference_is_an_error_naming_key_and_variable(tmp_path: Path) -> None:
+    path = config(tmp_path, "default_workers_per_model=$$POD_CPUS$$\n")
+    with pytest.raises(LauncherError, match=r"default_workers_per_model.*\$\$POD_CPUS\$\$"):
+        read_ts_config(path, environ={})
+
+
+def test_ts_variables_override_only_with_enable_envvars_config(tmp_path: Path) -> None:
+    """A pod sets TS_DEFAULT_WORKERS_PER_MODEL from limits.cpu (config/kubernetes)."""
+    mar(tmp_path, "a.mar", "a")
+    environ = {"TS_DEFAULT_WORKERS_PER_MODEL": "4", "TS_CPU_LAUNCHER_ENABLE": "true"}
+    off = read_ts_config(config(tmp_path, "default_workers_per_model=2\nload_models=a.mar\n"),
+                         environ=environ)
+    assert worker_counts(off, cpus=8, model_store=tmp_path) == {"a": 2}
+    assert not off.launcher_enabled
+    on = read_ts_config(config(tmp_path, "enable_envvars_config=true\n"
+                                         "default_workers_per_model=2\nload_models=a.mar\n"),
+                        environ=environ)
+    assert worker_counts(on, cpus=8, model_store=tmp_path) == {"a": 4}
+    assert on.launcher_enabled
