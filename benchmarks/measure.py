@@ -11,7 +11,7 @@ from benchmarks.metrics import LogCursor, model_times, parse_metric_lines
 from benchmarks.plan import Load, ModelCase
 from benchmarks.results import Row
 from benchmarks.scenarios import Scenario
-from benchmarks.serving import Served, affinity, loaded_allocator, served_pipeline
+from benchmarks.serving import Served, affinity, loaded_allocator, served_record
 
 
 def measure(
@@ -48,11 +48,11 @@ def measure(
     latency_us = means.get("inference_latency_us")
     model_log = served.server.log_dir / "model_log.log"
     log_text = model_log.read_text(errors="replace") if model_log.exists() else ""
-    reported = served_pipeline(log_text)
+    reported = served_record(log_text, served.model_name)
     dtype, note = scenario.dtype, scenario.note
     if reported is not None:
-        dtype = reported[0]
-        note = f"{note}; served pipeline {reported[1]}".lstrip("; ")
+        dtype = reported.dtype
+        note = f"{note}; served pipeline {reported.pipeline}".lstrip("; ")
     return Row(
         benchmark="AB",
         batch_size=case.batch_size,

@@ -1,8 +1,9 @@
 """What the served model could do without serving: FLOPs per item and a raw in-process loop.
 
-The model is loaded from the very archive the server ran, by the handler's own loading and
-optimization code, and fed the benchmark's own request body decoded by the handler's task:
-served / raw then measures serving overhead and nothing else.
+The model is built from the very archive the server ran by the handler's own
+`build_served_model` (optimized as our handler serves it, or eager as the stock baseline does),
+and fed the benchmark's own request body decoded by the model's task: served / raw then
+measures serving overhead and nothing else.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from torchserve_cpu.handlers.loading import load_model
-from torchserve_cpu.handlers.settings import parse_settings
-from torchserve_cpu.handlers.tasks import Inputs, make_task
+from torchserve_cpu.handlers.served_model import build_served_model
+from torchserve_cpu.handlers.tasks import ModelInputs
 
 
 @dataclass(frozen=True)
@@ -43,14 +44,14 @@ def _unpack(archive: Path, dest: Path) -> tuple[dict, dict]:
     return manifest, config or {}
 
 
-def count_flops(fn: Callable[..., object], inputs: Inputs) -> int:
+def count_flops(fn: Callable[..., object], inputs: ModelInputs) -> int:
     """Multiply-adds x 2 of one call, from torch's FLOP counter (eager graph)."""
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         fn(*inputs)
     return int(counter.get_total_flops())
 
 
-def raw_items_per_s(fn: Callable[..., object], inputs: Inputs, batch: int,
+def raw_items_per_s(fn: Callable[..., object], inputs: ModelInputs, batch: int,
                     seconds: float, windows: int = 5) -> float:
     """Items/s of back-to-back calls: the best of `windows` windows over about `seconds`,
     after at least a second of warm-up. Best, not mean: on a shared machine other work
@@ -80,30 +81,19 @@ def measure_reference(
 ) -> Reference:
     """Raw-loop throughput and FLOPs per item of the model inside `archive`.
 
-    `optimized` runs the handler's optimization pipeline with the archive's settings (as our
-    handler does); otherwise the eager model (as the stock handler does)."""
+    `optimized` builds the model as our handler does (the archive's settings); otherwise as the
+    stock handler does (eager fp32). FLOPs are counted on the eager model in both cases."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = Path(tmp)
             manifest, config = _unpack(archive, model_dir)
-            settings = parse_settings(config.get("handler"))
-            task = make_task(settings, model_dir)
-            eager = load_model(model_dir, manifest)
-            sample = task.decode(body, content_type)
-            inputs = task.collate([sample] * batch)
-            flops = count_flops(eager, task.collate([sample]))
-            fn: Callable[..., object] = eager
-            dtype, pipeline = "fp32", "eager"
-            if optimized:
-                from torchserve_cpu.handlers.ipex_support import probe_ipex
-                from torchserve_cpu.handlers.optimizer import optimize
-
-                example = task.example_inputs(settings.example_batch_size)
-                chosen = optimize(eager, example, settings, probe_ipex(), task.classifies)
-                fn, dtype, pipeline = chosen, chosen.dtype, chosen.plan.describe()
-            rate = raw_items_per_s(fn, inputs, batch, seconds)
+            served = build_served_model(model_dir, manifest, config.get("handler"),
+                                        optimized=optimized)
+            sample = served.task.decode(body, content_type)
+            flops = count_flops(load_model(model_dir, manifest), served.task.collate([sample]))
+            rate = raw_items_per_s(served, served.task.collate([sample] * batch), batch, seconds)
     finally:
         torch.set_num_threads(previous)
-    return Reference(rate, float(flops), dtype, pipeline)
+    return Reference(rate, float(flops), served.model.dtype, served.model.plan.describe())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 import urllib.error
 import urllib.parse
@@ -27,6 +26,7 @@ from benchmarks.scenarios import (
     THREADS_ENV,
     Scenario,
 )
+from torchserve_cpu.handlers.served_record import ServedRecord, read_records
 from torchserve_cpu.launcher.procfs import mapped_allocator
 from torchserve_cpu.launcher.properties import parse_properties, write_properties
 
@@ -163,11 +163,9 @@ def affinity(pid: int) -> str:
         return ""
 
 
-_READY = re.compile(r"ready model=\S+ pipeline=(\S+) .*?dtype=(\w+)")
-
-
-def served_pipeline(log_text: str) -> tuple[str, str] | None:
-    """(dtype, pipeline) our handler reports in its `ready` line: what a worker really runs
-    after its accuracy gate (a bf16 request may come back fp32). None for other handlers."""
-    match = _READY.search(log_text)
-    return (match.group(2), match.group(1)) if match else None
+def served_record(log_text: str, model_name: str) -> ServedRecord | None:
+    """What our handler's first worker of `model_name` reports it serves (its served-model
+    record): the pipeline and dtype it really runs after its accuracy gate (a bf16 request
+    may come back fp32). None for other handlers."""
+    return next((record for record in read_records(log_text) if record.model == model_name),
+                None)

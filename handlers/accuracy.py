@@ -24,10 +24,6 @@ class Agreement:
     def passed(self) -> bool:
         return not self.failures
 
-    def summary(self) -> str:
-        return (f"cosine={self.cosine:.6f} max_abs_diff={self.max_abs_diff:.2e} "
-                f"topk_agreement={self.topk_agreement:.2f}")
-
 
 def compare(reference: torch.Tensor, candidate: torch.Tensor,
             thresholds: GateThresholds) -> Agreement:

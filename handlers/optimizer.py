@@ -1,9 +1,10 @@
 """Choose the optimized model: build candidates, check them against fp32 eager, fall back.
 
 The rule, in order: the requested preset (at bf16 first when asked), then the same at
-fp32, then eager fp32, which always works. A candidate is kept only if it builds, runs
-and agrees with eager on the example inputs; every rejection is logged with its reason.
-`auto` builds every preset and keeps the fastest that agrees.
+fp32, then its fallbacks, then eager fp32, which always works. A candidate is kept only if
+it builds, runs and agrees with eager on the example inputs; every rejection is logged with
+its reason. `auto` builds every preset of its order and keeps the fastest that agrees. The
+presets, fallbacks and auto order are handlers.pipeline's vocabulary.
 """
 
 from __future__ import annotations
@@ -19,21 +20,22 @@ from torch import nn
 from torchserve_cpu.handlers.accuracy import FP32_THRESHOLDS, Agreement, compare
 from torchserve_cpu.handlers.ipex_support import IpexStatus
 from torchserve_cpu.handlers.pipeline import (
+    AUTO,
+    AUTO_ORDER,
+    FALLBACKS,
     PRESET_STEPS,
-    Inputs,
-    Plan,
     Stage,
     StepContext,
+    StepPlan,
     call_stage,
     run_steps,
     set_onednn_graph,
 )
 from torchserve_cpu.handlers.settings import GateThresholds, HandlerSettings
+from torchserve_cpu.handlers.tasks import ModelInputs
 
 log = logging.getLogger(__name__)
 
-AUTO_ORDER = ("default", "compile", "eager")
-FALLBACKS = {"default": ("jit",)}  # tried, in order, before eager
 PROFILED_CALLS = 3  # calls before TorchScript's profiling executor runs the optimized graph
 
 
@@ -42,7 +44,7 @@ class Optimized:
     """The chosen model plus the story of how it was chosen (for the ready log line)."""
 
     stage: Stage
-    plan: Plan
+    plan: StepPlan
     agreement: Agreement
     rejected: tuple[str, ...]
     timings_ms: tuple[tuple[str, float], ...] = ()
@@ -55,28 +57,28 @@ class Optimized:
         return "bf16" if self.plan.bf16 else "fp32"
 
 
-def candidate_plans(settings: HandlerSettings) -> list[Plan]:
+def candidate_plans(settings: HandlerSettings) -> list[StepPlan]:
     """Plans in the order they are tried (auto: all of them, then timed)."""
     if isinstance(settings.optimize, tuple):
         names = [("custom", settings.optimize)]
-    elif settings.optimize == "auto":
+    elif settings.optimize == AUTO:
         names = [(name, PRESET_STEPS[name]) for name in AUTO_ORDER]
     else:
         chain = (settings.optimize, *FALLBACKS.get(settings.optimize, ()))
         names = [(name, PRESET_STEPS[name]) for name in chain]
     precisions = [True, False] if settings.dtype == "bf16" else [False]
-    plans = [Plan(name, steps, bf16) for name, steps in names for bf16 in precisions]
-    eager = Plan("eager", ())
+    plans = [StepPlan(name, steps, bf16) for name, steps in names for bf16 in precisions]
+    eager = StepPlan("eager", PRESET_STEPS["eager"])
     return plans if eager in plans else [*plans, eager]
 
 
-def thresholds_for(plan: Plan, settings: HandlerSettings, classifies: bool) -> GateThresholds:
+def thresholds_for(plan: StepPlan, settings: HandlerSettings, classifies: bool) -> GateThresholds:
     thresholds = settings.gate if plan.bf16 else FP32_THRESHOLDS
     # top-k agreement only means something for class scores, not embedding dimensions
     return thresholds if classifies and plan.bf16 else replace(thresholds, min_topk_agreement=0.0)
 
 
-def time_stage(stage: Stage, example: Inputs, iterations: int = 5) -> float:
+def time_stage(stage: Stage, example: ModelInputs, iterations: int = 5) -> float:
     """Median milliseconds per call after two warm-up calls."""
     for _ in range(2):
         call_stage(stage, example)
@@ -97,7 +99,7 @@ def error_summary(error: Exception) -> str:
     return f"{type(error).__name__}: {text}"[:400]
 
 
-def checked_output(stage: Stage, example: Inputs) -> torch.Tensor:
+def checked_output(stage: Stage, example: ModelInputs) -> torch.Tensor:
     """The output of the graph that will serve, not of the first call.
 
     TorchScript's profiling executor rewrites a frozen graph on its second call (fusion
@@ -113,7 +115,7 @@ def checked_output(stage: Stage, example: Inputs) -> torch.Tensor:
 
 def optimize(
     model: nn.Module,
-    example: Inputs,
+    example: ModelInputs,
     settings: HandlerSettings,
     ipex: IpexStatus,
     classifies: bool,
@@ -124,7 +126,7 @@ def optimize(
         reference = model(*example).float()
     ctx = StepContext(example=example, ipex=ipex, channels_last=settings.channels_last)
     rejected: list[str] = []
-    accepted: list[tuple[Plan, Stage, Agreement]] = []
+    accepted: list[tuple[StepPlan, Stage, Agreement]] = []
     for plan in candidate_plans(settings):
         # oneDNN Graph fusion is process-wide: off unless this plan's step turns it on
         # (optimize_for_inference graphs fail with it; IPEX plans skip it).
@@ -143,9 +145,9 @@ def optimize(
             log.warning("optimizer: %s", rejected[-1])
             continue
         accepted.append((plan, stage, agreement))
-        if settings.optimize != "auto":
+        if settings.optimize != AUTO:
             break
-    if settings.optimize == "auto" and len(accepted) > 1:
+    if settings.optimize == AUTO and len(accepted) > 1:
         timings = [(p.describe(), time_stage(s, example)) for p, s, _ in accepted]
         fastest = min(range(len(accepted)), key=lambda i: timings[i][1])
         plan, stage, agreement = accepted[fastest]

@@ -1,9 +1,12 @@
 """A TorchServe handler that pins its worker, optimizes its model and serves batches.
 
-At load: claim this worker's cores (launcher), load the model, build the optimized
-model (handlers.optimizer), warm it up and log one line saying what was done. Per
-request: decode each item on its own, so one bad item gets its own 4xx while the rest
-of the batch is answered; run the batch; answer. Items that a service envelope (KServe)
+At load: claim this worker's cores (launcher), build the served model
+(handlers.served_model), warm it up and say what it serves: a `ready` line for people and
+a JSON record for programs (handlers.served_record). Per request it keeps BaseHandler's
+`handle` (the HandlerTime metric, torch.profiler under ENABLE_TORCH_PROFILER, describe)
+and fills its hooks: preprocess decodes each item on its own, so one bad item gets its
+own 4xx while the rest of the batch is answered; inference runs the good items as one
+batch; postprocess puts every answer in its place. Items that a service envelope (KServe)
 unpacked from one request are answered in that request (handlers.envelopes). Subclasses
 override one hook at most.
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -30,28 +33,27 @@ from torchserve_cpu.handlers.envelopes import (
     request_headers,
 )
 from torchserve_cpu.handlers.errors import BadInput
-from torchserve_cpu.handlers.ipex_support import probe_ipex
-from torchserve_cpu.handlers.loading import load_model
-from torchserve_cpu.handlers.optimizer import Optimized, optimize
-from torchserve_cpu.handlers.pipeline import Inputs
 from torchserve_cpu.handlers.profiling import op_ranges, stage_range
-from torchserve_cpu.handlers.settings import HandlerSettings, parse_settings
-from torchserve_cpu.handlers.tasks import Task, make_task
+from torchserve_cpu.handlers.served_model import ServedModel, build_served_model
+from torchserve_cpu.handlers.served_record import ServedRecord, record_line
+from torchserve_cpu.handlers.tasks import ModelInputs
 from torchserve_cpu.launcher.cpulist import format_cpulist
 from torchserve_cpu.launcher.worker import PinnedWorker, pin_current_worker
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Prepared:
-    """A batch after pre-processing: model inputs for the good items, errors for the rest."""
+@dataclass(frozen=True)
+class DecodedBatch:
+    """A batch between the hooks: model inputs for the good items, errors for the rest,
+    and the model's outputs once inference ran."""
 
-    inputs: Inputs | None
-    indices: list[int]
+    inputs: ModelInputs | None
+    indices: list[int]  # the item each row of `inputs` came from
     errors: dict[int, BadInput] = field(default_factory=dict)
     origins: list[ItemOrigin] | None = None  # None: an envelope merged several requests
     count: int = 0  # items, good and bad
+    outputs: torch.Tensor | None = None
 
 
 def header(context: object, request: int, name: str) -> str | None:
@@ -69,36 +71,25 @@ def header(context: object, request: int, name: str) -> str | None:
 class OptimizingHandler(BaseHandler):
     """BaseHandler with CPU pinning, an optimized model and per-item error answers."""
 
-    settings: HandlerSettings
-    task: Task
-    model: Optimized
+    served: ServedModel
+    pinned: PinnedWorker | None
 
     def initialize(self, context: object) -> None:
         started = time.perf_counter()
         self.context = context
-        properties = context.system_properties  # type: ignore[attr-defined]
         self.model_name = context.model_name  # type: ignore[attr-defined]
         self.pinned = self._pin_worker()
-        model_dir = Path(properties["model_dir"])
         yaml_config = getattr(context, "model_yaml_config", None) or {}
-        self.settings = parse_settings(yaml_config.get("handler"))
-        self.task = make_task(self.settings, model_dir)
-        model = load_model(model_dir, context.manifest)  # type: ignore[attr-defined]
-        example = self.task.example_inputs(self.settings.example_batch_size)
-        ipex = probe_ipex()
-        self.model = optimize(model, example, self.settings, ipex, self.task.classifies)
-        for _ in range(self.settings.warmup_iterations):
-            self.model(*example)
-        self.initialized = True
-        log.info(
-            "ready model=%s pipeline=%s ipex=%s dtype=%s load=%.1fs intra_op_threads=%d "
-            "affinity=%s placement=%s notes=%s rejected=%s",
-            self.model_name, self.model.plan.describe(), ipex.reason, self.model.dtype,
-            time.perf_counter() - started, torch.get_num_threads(),
-            format_cpulist(os.sched_getaffinity(0)),
-            self.pinned.placement.describe() if self.pinned else "none",
-            list(self.model.stage.notes), list(self.model.rejected),
+        self.served = build_served_model(
+            Path(context.system_properties["model_dir"]),  # type: ignore[attr-defined]
+            context.manifest,  # type: ignore[attr-defined]
+            yaml_config.get("handler"),
         )
+        for _ in range(self.served.settings.warmup_iterations):
+            self.served(*self.served.example)
+        self.initialized = True
+        self._report_ready(ready_record(self.model_name, self.served,
+                                        time.perf_counter() - started, self.pinned))
 
     def _pin_worker(self) -> PinnedWorker | None:
         """Claim this worker's core block before any weights are touched (NUMA-local)."""
@@ -107,39 +98,65 @@ class OptimizingHandler(BaseHandler):
             log.info("worker placement: %s", pinned.placement.describe())
         return pinned
 
-    def preprocess(self, data: list | None) -> Prepared:
+    def _report_ready(self, record: ServedRecord) -> None:
+        """The ready line README documents, then the same facts as a record for programs."""
+        log.info(
+            "ready model=%s pipeline=%s ipex=%s dtype=%s load=%.1fs intra_op_threads=%d "
+            "affinity=%s placement=%s notes=%s rejected=%s",
+            record.model, record.pipeline, record.ipex, record.dtype, record.load_s,
+            record.intra_op_threads, format_cpulist(record.affinity),
+            self.pinned.placement.describe() if self.pinned else "none",
+            list(record.notes), list(record.rejected),
+        )
+        log.info("%s", record_line(record))
+
+    def handle(self, data: list | None, context: object) -> list[object]:
+        """BaseHandler's handle, after following a re-balance (one stat() when nothing
+        changed): thread count and memory policy only this thread can apply."""
+        if self.pinned is not None:
+            self.pinned.refresh()
+        return super().handle(data, context)
+
+    def preprocess(self, data: list | None) -> DecodedBatch:
         """Decode every item on its own, reading the headers of the request it came from."""
+        with stage_range(f"{self.model_name}.preprocess", self.served.settings.itt_ranges):
+            return self._decode(data)
+
+    def _decode(self, data: list | None) -> DecodedBatch:
         headers = request_headers(self.context)
         enveloped = came_through_envelope(data, headers)
         if enveloped:
             check_answerable(self.context, data, len(headers))
         items: list = data or []
         origins = item_origins(len(items), len(headers))
+        task = self.served.task
         samples, indices, errors = [], [], {}
         for index, item in enumerate(items):
             origin = origins[index] if origins else None
             content_type = header(self.context, origin.request, "content-type") if origin else None
             try:
                 body = instance_body(item) if enveloped else request_body(item)
-                samples.append(self.task.decode(body, content_type))
+                samples.append(task.decode(body, content_type))
                 indices.append(index)
             except BadInput as error:
                 if enveloped:  # name it as the client did: instances[2], inputs[2] "input-2"
                     label = instance_label(origin.position if origin else index, item)
                     error = BadInput(f"{label}: {error.message}", error.status)
                 errors[index] = error
-        inputs = self.task.collate(samples) if samples else None
-        return Prepared(inputs, indices, errors, origins, len(items))
+        inputs = task.collate(samples) if samples else None
+        return DecodedBatch(inputs, indices, errors, origins, len(items))
 
-    def inference(self, inputs: Inputs) -> torch.Tensor:  # type: ignore[override]
-        with op_ranges(self.settings.emit_itt):
-            return self.model(*inputs)
+    def inference(self, batch: DecodedBatch) -> DecodedBatch:  # type: ignore[override]
+        """The good items through the model, as one batch."""
+        if batch.inputs is None:
+            return batch
+        settings = self.served.settings
+        with stage_range(f"{self.model_name}.inference", settings.itt_ranges), \
+                op_ranges(settings.emit_itt):
+            return replace(batch, outputs=self.served(*batch.inputs))
 
-    def postprocess(self, outputs: torch.Tensor) -> list[object]:
-        return self.task.answer(outputs)
-
-    def handle(self, data: list | None, context: object) -> list[object]:
-        """Answer every item in its place; each request with a bad item gets a 4xx.
+    def postprocess(self, batch: DecodedBatch) -> list[object]:  # type: ignore[override]
+        """Every item answered in its place; each request with a bad item gets a 4xx.
 
         With a KServe envelope all items are one request's instances. A bad instance makes
         that request a 4xx whose message names the bad instances (`instances[1]: ...`, v2
@@ -148,24 +165,42 @@ class OptimizingHandler(BaseHandler):
         request has one status, and a 200 must not hide a failure; the body keeps the
         envelope's usual shape (`predictions` / `outputs`) so the good answers stay usable.
         """
-        self.context = context
-        if self.pinned is not None:  # follow a re-balance: one stat() when nothing changed
-            self.pinned.refresh()
-        itt = self.settings.itt_ranges
-        with stage_range(f"{self.model_name}.preprocess", itt):
-            prepared = self.preprocess(data)
-        answers: list[object] = [None] * prepared.count
-        if prepared.inputs is not None:
-            with stage_range(f"{self.model_name}.inference", itt):
-                outputs = self.inference(prepared.inputs)
-            with stage_range(f"{self.model_name}.postprocess", itt):
-                for index, answer in zip(prepared.indices, self.postprocess(outputs)):
+        answers: list[object] = [None] * batch.count
+        if batch.outputs is not None:
+            with stage_range(f"{self.model_name}.postprocess", self.served.settings.itt_ranges):
+                for index, answer in zip(batch.indices, self.served.task.answer(batch.outputs)):
                     answers[index] = answer
-        for index, error in prepared.errors.items():
+        for index, error in batch.errors.items():
             answers[index] = {"error": error.message, "status": error.status}
-        for request, error in request_errors(prepared.errors, prepared.origins).items():
-            context.set_response_status(error.status, error.message, request)  # type: ignore[attr-defined]
+        for request, error in request_errors(batch.errors, batch.origins).items():
+            self.context.set_response_status(error.status, error.message, request)  # type: ignore[union-attr]
         return answers
+
+    def explain_handle(self, data_preprocess: DecodedBatch, raw_data: list) -> list[object]:
+        """TorchServe's explanations (Captum) need gradients through the eager model, which
+        the optimized graph does not keep: an explanation request gets the prediction."""
+        return self.postprocess(self.inference(data_preprocess))
+
+
+def ready_record(model_name: str, served: ServedModel, load_s: float,
+                 pinned: PinnedWorker | None) -> ServedRecord:
+    """What this worker serves, as it reports ready."""
+    chosen = served.model
+    return ServedRecord(
+        model=model_name,
+        pid=os.getpid(),
+        pipeline=chosen.plan.describe(),
+        preset=chosen.plan.name,
+        steps=chosen.plan.steps,
+        dtype=chosen.dtype,
+        ipex=served.ipex.reason,
+        load_s=round(load_s, 3),
+        intra_op_threads=torch.get_num_threads(),
+        affinity=tuple(sorted(os.sched_getaffinity(0))),
+        placement=asdict(pinned.placement) if pinned else None,
+        notes=chosen.stage.notes,
+        rejected=chosen.rejected,
+    )
 
 
 def request_body(row: dict) -> object:

@@ -1,8 +1,11 @@
-"""Optimization steps and the presets that chain them.
+"""The optimization vocabulary: steps, what they declare about each other, presets.
 
 A step takes the model as built so far (a `Stage`) and returns the next one. Steps
-never touch the caller's eager model: the first step works on a copy, so the eager
-reference and other candidates stay intact.
+never touch the caller's eager model: the runner hands the first step a copy unless the
+step declares it makes its own, so the eager reference and other candidates stay intact.
+A step never looks at which other steps ran: a conflict is declared on the step
+(`Step.skipped_after`) and the runner skips it, with the reason in the stage's notes.
+Adding a step or a preset is adding one entry to `STEPS` or `PRESET_STEPS` below.
 """
 
 from __future__ import annotations
@@ -10,15 +13,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
 from torchserve_cpu.handlers.ipex_support import IpexStatus
-
-Inputs = tuple[torch.Tensor, ...]
+from torchserve_cpu.handlers.tasks import ModelInputs
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,8 @@ class Stage:
     channels_last: bool = False
     autocast: bool = False  # run under CPU bf16 autocast (eager and compiled graphs)
     onednn_graph: bool = False  # TorchScript graphs get oneDNN Graph (LLGA) fusion
-    applied: tuple[str, ...] = ()
+    applied: tuple[str, ...] = ()  # steps run, in order, skipped ones included
+    skipped: tuple[str, ...] = ()  # steps that ran but changed nothing
     notes: tuple[str, ...] = ()
 
     def then(self, step: str, module: Callable[..., torch.Tensor], note: str = "",
@@ -39,10 +42,18 @@ class Stage:
         return replace(self, module=module, applied=self.applied + (step,), notes=notes,
                        **changes)
 
+    def skip(self, step: str, reason: str) -> Stage:
+        """The same model, with `step` recorded as skipped and why."""
+        skipped = replace(self, skipped=self.skipped + (step,))
+        return skipped.then(step, self.module, f"skipped ({reason})")
+
+    def took_effect(self, step: str) -> bool:
+        return step in self.applied and step not in self.skipped
+
 
 @dataclass(frozen=True)
 class StepContext:
-    example: Inputs
+    example: ModelInputs
     ipex: IpexStatus
     channels_last: bool | None  # None: only for models with convolutions
 
@@ -51,7 +62,7 @@ class StepError(RuntimeError):
     """A step cannot apply to this model (the pipeline falls back)."""
 
 
-def prepare_inputs(inputs: Inputs, channels_last: bool) -> Inputs:
+def prepare_inputs(inputs: ModelInputs, channels_last: bool) -> ModelInputs:
     if not channels_last:
         return inputs
     return tuple(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
@@ -122,14 +133,9 @@ def step_ipex_or_native(stage: Stage, ctx: StepContext) -> Stage:
 
 def step_channels_last(stage: Stage, ctx: StepContext) -> Stage:
     module = _as_module(stage, "channels_last")
-    if "ipex" in stage.applied:
-        # ipex.optimize swaps nn.Conv2d for _IPEXConv2d with weights prepacked for oneDNN:
-        # `.to(channels_last)` then raises "required rank 4 tensor", and IPEX's convs take
-        # either input layout (measured in the lane: NCHW inputs lose nothing).
-        return stage.then("channels_last", module, "skipped (IPEX prepacked the weights)")
     wanted = ctx.channels_last if ctx.channels_last is not None else has_convolutions(module)
     if not wanted:
-        return stage.then("channels_last", module, "skipped (no convolutions)")
+        return stage.skip("channels_last", "no convolutions")
     return stage.then("channels_last", module.to(memory_format=torch.channels_last),
                       channels_last=True)
 
@@ -137,7 +143,7 @@ def step_channels_last(stage: Stage, ctx: StepContext) -> Stage:
 def step_trace(stage: Stage, ctx: StepContext) -> Stage:
     module = _as_module(stage, "trace")
     if isinstance(module, torch.jit.ScriptModule):
-        return stage.then("trace", module, "skipped (already TorchScript)")
+        return stage.skip("trace", "already TorchScript")
     # Tracing records constants; parameters that require grad cannot be inlined under
     # autocast ("Cannot insert a Tensor that requires grad as a constant").
     module.requires_grad_(False)
@@ -167,8 +173,6 @@ def step_onednn_graph(stage: Stage, ctx: StepContext) -> Stage:
     bf16 18.5 -> 26.7 img/s; BERT-base fp32 3.9 -> 4.8 and bf16 7.6 -> 8.7 seq/s.
     IPEX brings its own fusion passes, so this is the native path's equivalent.
     """
-    if "ipex" in stage.applied:
-        return stage.then("onednn_graph", stage.module, "skipped (IPEX fuses on its own)")
     set_onednn_graph(True)
     return stage.then("onednn_graph", stage.module, onednn_graph=True)
 
@@ -176,11 +180,6 @@ def step_onednn_graph(stage: Stage, ctx: StepContext) -> Stage:
 def step_optimize_for_inference(stage: Stage, ctx: StepContext) -> Stage:
     if not isinstance(stage.module, torch.jit.ScriptModule):
         raise StepError("optimize_for_inference needs a traced model")
-    if stage.onednn_graph:
-        # Its MKLDNN rewrites and oneDNN Graph fusion do not mix: the graph then fails at
-        # run time (seen here: "vector::_M_range_check" on the first call).
-        return stage.then("optimize_for_inference", stage.module,
-                          "skipped (oneDNN Graph fusion is on; they conflict)")
     with quiet_jit():
         return stage.then("optimize_for_inference",
                           torch.jit.optimize_for_inference(stage.module))
@@ -194,16 +193,36 @@ def step_compile(stage: Stage, ctx: StepContext) -> Stage:
     return stage.then("compile", compiled, autocast=stage.bf16)
 
 
-STEPS: dict[str, Callable[[Stage, StepContext], Stage]] = {
-    "ipex_or_native": step_ipex_or_native,
-    "ipex": step_ipex,
-    "native": step_native,
-    "onednn_graph": step_onednn_graph,
-    "channels_last": step_channels_last,
-    "trace": step_trace,
-    "freeze": step_freeze,
-    "optimize_for_inference": step_optimize_for_inference,
-    "compile": step_compile,
+@dataclass(frozen=True)
+class Step:
+    """One step of the vocabulary and what it declares about the others."""
+
+    apply: Callable[[Stage, StepContext], Stage]
+    #: makes its own copy of the module, so the runner need not copy before it
+    copies_module: bool = False
+    #: earlier steps that, when they took effect, make this one pointless or harmful: the
+    #: runner skips it and notes the reason
+    skipped_after: Mapping[str, str] = field(default_factory=dict)
+
+
+STEPS: dict[str, Step] = {
+    "ipex_or_native": Step(step_ipex_or_native, copies_module=True),
+    "ipex": Step(step_ipex, copies_module=True),
+    "native": Step(step_native, copies_module=True),
+    # ipex.optimize swaps nn.Conv2d for _IPEXConv2d with weights prepacked for oneDNN:
+    # `.to(channels_last)` then raises "required rank 4 tensor", and IPEX's convs take
+    # either input layout (measured in the lane: NCHW inputs lose nothing).
+    "channels_last": Step(step_channels_last,
+                          skipped_after={"ipex": "IPEX prepacked the weights"}),
+    "onednn_graph": Step(step_onednn_graph, skipped_after={"ipex": "IPEX fuses on its own"}),
+    "trace": Step(step_trace),
+    "freeze": Step(step_freeze),
+    # Its MKLDNN rewrites and oneDNN Graph fusion do not mix: the graph then fails at run
+    # time (seen here: "vector::_M_range_check" on the first call).
+    "optimize_for_inference": Step(
+        step_optimize_for_inference,
+        skipped_after={"onednn_graph": "oneDNN Graph fusion is on; they conflict"}),
+    "compile": Step(step_compile),
 }
 
 PRESET_STEPS: dict[str, tuple[str, ...]] = {
@@ -214,10 +233,15 @@ PRESET_STEPS: dict[str, tuple[str, ...]] = {
     "jit": ("ipex_or_native", "channels_last", "trace", "freeze", "optimize_for_inference"),
     "compile": ("native", "channels_last", "compile"),
 }
+AUTO = "auto"  # build every preset of AUTO_ORDER, keep the fastest that agrees with eager
+AUTO_ORDER = ("default", "compile", "eager")
+FALLBACKS: dict[str, tuple[str, ...]] = {"default": ("jit",)}  # tried, in order, before eager
+#: what `handler.optimize` accepts besides a list of steps
+PRESET_NAMES = (*PRESET_STEPS, AUTO)
 
 
 @dataclass(frozen=True)
-class Plan:
+class StepPlan:
     """One candidate: a named list of steps at one precision."""
 
     name: str
@@ -229,18 +253,21 @@ class Plan:
         return f"{self.name}[{steps}]{' bf16' if self.bf16 else ''}"
 
 
-def run_steps(model: nn.Module, plan: Plan, ctx: StepContext) -> Stage:
+def run_steps(model: nn.Module, plan: StepPlan, ctx: StepContext) -> Stage:
     """Apply the plan's steps in order to (a copy of) `model`."""
     stage = Stage(module=model, bf16=plan.bf16, autocast=plan.bf16)
-    if not plan.steps or plan.steps[0] not in ("native", "ipex", "ipex_or_native"):
-        # Steps below mutate modules in place (channels-last, requires_grad): copy first.
+    if plan.steps and not STEPS[plan.steps[0]].copies_module:
+        # Steps mutate modules in place (channels-last, requires_grad): copy first.
         stage = replace(stage, module=copy.deepcopy(model).eval())
     for name in plan.steps:
-        stage = STEPS[name](stage, ctx)
+        step = STEPS[name]
+        conflict = next((reason for earlier, reason in step.skipped_after.items()
+                         if stage.took_effect(earlier)), None)
+        stage = stage.skip(name, conflict) if conflict else step.apply(stage, ctx)
     return stage
 
 
-def call_stage(stage: Stage, inputs: Inputs) -> torch.Tensor:
+def call_stage(stage: Stage, inputs: ModelInputs) -> torch.Tensor:
     """Run a built stage on a batch; outputs come back as fp32."""
     with run_mode(stage.autocast):
         output = stage.module(*prepare_inputs(inputs, stage.channels_last))

@@ -2,7 +2,9 @@
 
 Every mistake raises ValueError naming the key (`handler.dtype`, ...) and the accepted
 values, so a typo fails the worker's start-up with a readable message instead of
-silently running the default.
+silently running the default. Task names live with the tasks (handlers.tasks.TASKS),
+step and preset names with the steps (handlers.pipeline); they are imported where checked
+because both modules import this one.
 """
 
 from __future__ import annotations
@@ -10,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
-TASKS = ("image_classification", "text_classification", "text_embedding")
-PRESETS = ("default", "jit", "eager", "compile", "auto")
 DTYPES = ("fp32", "bf16")
 TRUNCATION = ("truncate", "reject")
 
@@ -67,11 +67,17 @@ def _check_bool(key: str, value: object) -> bool:
     return value
 
 
+def _check_task(value: object) -> str:
+    from torchserve_cpu.handlers.tasks import TASKS
+
+    return _check_choice("task", value, tuple(TASKS))
+
+
 def _check_optimize(value: object) -> tuple[str, ...] | str:
-    from torchserve_cpu.handlers.pipeline import STEPS  # the step names live with the steps
+    from torchserve_cpu.handlers.pipeline import PRESET_NAMES, STEPS
 
     if isinstance(value, str):
-        return _check_choice("optimize", value, PRESETS)
+        return _check_choice("optimize", value, PRESET_NAMES)
     if isinstance(value, list) and all(isinstance(step, str) for step in value):
         unknown = [step for step in value if step not in STEPS]
         if unknown:
@@ -80,7 +86,8 @@ def _check_optimize(value: object) -> tuple[str, ...] | str:
             )
         return tuple(value)
     raise ValueError(
-        f"handler.optimize: expected one of {', '.join(PRESETS)} or a list of steps, got {value!r}"
+        f"handler.optimize: expected one of {', '.join(PRESET_NAMES)} or a list of steps, "
+        f"got {value!r}"
     )
 
 
@@ -124,7 +131,7 @@ def parse_settings(section: Mapping[str, object] | None) -> HandlerSettings:
     values: dict[str, object] = {}
     for key, raw in section.items():
         if key == "task":
-            values[key] = _check_choice(key, raw, TASKS)
+            values[key] = _check_task(raw)
         elif key == "optimize":
             values[key] = _check_optimize(raw)
         elif key == "dtype":

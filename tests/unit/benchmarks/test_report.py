@@ -73,11 +73,25 @@ def test_summary_and_plots(tmp_path: Path) -> None:
     assert "**10.00x stock**" in text and "![throughput](throughput.png)" in text
 
 
-def test_served_pipeline_from_ready_line() -> None:
-    from benchmarks.serving import served_pipeline
+def test_served_record_of_the_measured_model() -> None:
+    """The benchmark learns what a worker serves from its served-model record, not from the
+    human ready line; a record of another model on the same server is not this one's."""
+    from benchmarks.serving import served_record
+    from torchserve_cpu.handlers.served_record import ServedRecord, record_line
 
-    line = ("2026-11-21T06:28:56,204 [INFO ] W-9000-resnet50-optimized_1.0-stdout MODEL_LOG - "
-            "ready model=resnet50-optimized pipeline=default[ipex_or_native>channels_last>trace]"
-            " ipex=not installed dtype=fp32 load=2.1s intra_op_threads=1 affinity=0")
-    assert served_pipeline(line) == ("fp32", "default[ipex_or_native>channels_last>trace]")
-    assert served_pipeline("Torch worker started.") is None
+    def record(model: str, dtype: str) -> ServedRecord:
+        return ServedRecord(model, 1, f"default[trace]{' bf16' if dtype == 'bf16' else ''}",
+                            "default", ("trace",), dtype, "not installed", 2.1, 1, (0,), None,
+                            (), ())
+
+    log = "\n".join([
+        "2026-11-21T06:28:56,204 [INFO ] W-9000-bert_1.0-stdout MODEL_LOG - "
+        + record_line(record("bert", "bf16")),
+        "2026-11-21T06:28:57,204 [INFO ] W-9001-resnet50_1.0-stdout MODEL_LOG - "
+        "ready model=resnet50 pipeline=default[trace] ipex=not installed dtype=fp32",
+        "2026-11-21T06:28:57,205 [INFO ] W-9001-resnet50_1.0-stdout MODEL_LOG - "
+        + record_line(record("resnet50", "fp32")),
+    ])
+    assert served_record(log, "resnet50") == record("resnet50", "fp32")
+    assert served_record(log, "bert").dtype == "bf16"
+    assert served_record("Torch worker started.", "resnet50") is None

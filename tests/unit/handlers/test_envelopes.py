@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 from ts.context import Context
-from ts.service import Service
 from ts.torch_handler.request_envelope.body import BodyEnvelope
 from ts.torch_handler.request_envelope.json import JSONEnvelope
 from ts.torch_handler.request_envelope.kserve import KServeEnvelope
 from ts.torch_handler.request_envelope.kservev2 import KServev2Envelope
 from ts.utils.util import PredictionException
 
+from tests.support.torchserve_calls import torchserve_call
 from torchserve_cpu.handlers.envelopes import (
     ItemOrigin,
     came_through_envelope,
@@ -25,28 +25,6 @@ from torchserve_cpu.handlers.envelopes import (
 from torchserve_cpu.handlers.errors import BadInput
 
 IMAGE_B64 = "aW1hZ2U="  # the envelopes never decode it
-
-
-def frontend_request(index: int, body: object, content_type: str = "application/json",
-                     name: str = "body") -> dict:
-    """One request as the frontend sends it to a worker (after otf_message_handler decodes
-    a JSON body, as it does for application/json)."""
-    return {
-        "requestId": f"request-{index}".encode(),
-        "parameters": [{"name": name, "contentType": content_type, "value": body}],
-        "headers": [{"name": b"Content-Type", "value": content_type.encode()}],
-    }
-
-
-def torchserve_call(bodies: list[object], **kwargs: object) -> tuple[list, Context]:
-    """The rows and context TorchServe hands the entry point for a batch of these bodies."""
-    batch = [frontend_request(index, body, **kwargs) for index, body in enumerate(bodies)]
-    headers, rows, request_ids = Service.retrieve_data_for_inference(batch)
-    context = Context("m", "/tmp", {"model": {"modelName": "m", "modelVersion": "1"}}, 1,
-                      None, "0.12.0")
-    context.request_processor = headers
-    context.request_ids = request_ids
-    return rows, context
 
 
 def items_from(envelope_class: type, bodies: list[object]) -> tuple[list, Context, object]:

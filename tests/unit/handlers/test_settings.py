@@ -44,3 +44,11 @@ def test_bad_values_name_the_key(section: dict, named: str) -> None:
 def test_section_must_be_mapping() -> None:
     with pytest.raises(ValueError, match="handler: expected a mapping"):
         parse_settings(["task"])  # type: ignore[arg-type]
+
+
+def test_make_task_names_the_key_and_choices_for_an_unknown_task(tmp_path) -> None:
+    from torchserve_cpu.handlers.tasks import TASKS, make_task
+
+    with pytest.raises(ValueError, match=r"handler\.task: 'speech' is not one of ") as error:
+        make_task(HandlerSettings(task="speech"), tmp_path)
+    assert all(name in str(error.value) for name in TASKS)

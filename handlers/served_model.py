@@ -1,0 +1,64 @@
+"""Build the model a worker serves from an unpacked archive, in one place.
+
+settings -> task -> load -> example inputs -> IPEX probe -> optimize. The handler, the
+stock baseline (benchmarks/stock_handler.py) and the benchmarks' raw loop
+(benchmarks/reference.py) all build through `build_served_model`, so a served/raw ratio
+compares the very same model and the baseline differs only by the options it passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from torchserve_cpu.handlers.ipex_support import IpexStatus, probe_ipex
+from torchserve_cpu.handlers.loading import load_model
+from torchserve_cpu.handlers.optimizer import Optimized, optimize
+from torchserve_cpu.handlers.settings import HandlerSettings, parse_settings
+from torchserve_cpu.handlers.tasks import ModelInputs, Task, make_task
+
+#: The eager baseline never imports IPEX: importing it changes TorchScript in the process.
+NOT_PROBED = IpexStatus(None, "not probed (eager model as loaded)")
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """The checked settings, the task and the model as built, with how it was built."""
+
+    settings: HandlerSettings
+    task: Task
+    model: Optimized
+    ipex: IpexStatus
+    example: ModelInputs  # the inputs the model was built and checked on
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(*inputs)
+
+
+def build_served_model(
+    model_dir: Path,
+    manifest: Mapping[str, object],
+    handler_section: Mapping[str, object] | None,
+    *,
+    optimized: bool = True,
+    ipex: IpexStatus | None = None,
+) -> ServedModel:
+    """The model an archive's worker serves.
+
+    `handler_section` is model-config.yaml's `handler:` mapping. `optimized=False` keeps
+    the eager fp32 model as loaded, whatever the section asks (the stock baseline), and
+    skips the IPEX probe. `ipex` replaces the probe (tests, IPEX-vs-native comparisons).
+    """
+    settings = parse_settings(handler_section)
+    if not optimized:
+        settings = replace(settings, optimize="eager", dtype="fp32")
+    task = make_task(settings, model_dir)
+    eager = load_model(model_dir, dict(manifest))
+    example = task.example_inputs(settings.example_batch_size)
+    if ipex is None:
+        ipex = probe_ipex() if optimized else NOT_PROBED
+    model = optimize(eager, example, settings, ipex, task.classifies)
+    return ServedModel(settings, task, model, ipex, example)

@@ -1,0 +1,115 @@
+"""The handler inside TorchServe's own request flow: real Context, real metrics cache, batches
+decoded by ts/service.py, a tiny conv net; only the launcher's pinning is left out."""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import pytest
+import ts
+from PIL import Image
+from torch.profiler import ProfilerActivity
+from ts.context import Context
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+from tests.support.tiny_archive import TINY_MODEL
+from tests.support.torchserve_calls import torchserve_call, worker_context
+from torchserve_cpu.handlers import optimizing_handler
+from torchserve_cpu.handlers.optimizing_handler import OptimizingHandler
+from torchserve_cpu.handlers.served_record import read_records
+
+SECTION = {"task": "image_classification", "optimize": "eager", "image_size": 8,
+           "resize_size": 8, "topk": 2, "warmup_iterations": 1, "itt_ranges": False}
+
+
+def png(colour: tuple[int, int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (12, 10), colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.fixture
+def handler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+            caplog: pytest.LogCaptureFixture) -> OptimizingHandler:
+    """An initialized handler with the worker context TorchServe would give it."""
+    monkeypatch.setattr(optimizing_handler, "pin_current_worker", lambda model_name: None)
+    (tmp_path / "tiny_handle_model.py").write_text(TINY_MODEL)
+    metrics = MetricsCacheYamlImpl(str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))
+    metrics.model_name = "tiny"
+    metrics.initialize_cache()
+    context = worker_context(
+        "tiny", str(tmp_path), {"model": {"modelName": "tiny", "modelFile":
+                                          "tiny_handle_model.py"}},
+        {"handler": SECTION}, metrics)
+    handler = OptimizingHandler()
+    with caplog.at_level(logging.INFO):
+        handler.initialize(context)
+    return handler
+
+
+def call(handler: OptimizingHandler, bodies: list[bytes]) -> tuple[list, Context]:
+    rows, context = torchserve_call(bodies, "image/png", context=handler.context)
+    return handler.handle(rows, context), context
+
+
+def handler_times(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The HandlerTime lines the worker prints for the frontend's model_metrics.log."""
+    return [r.getMessage() for r in caplog.records
+            if r.getMessage().startswith("[METRICS]HandlerTime.Milliseconds:")]
+
+
+def test_handler_time_metric_recorded(handler: OptimizingHandler,
+                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        answers, _ = call(handler, [png((200, 30, 30))])
+    assert len(answers) == 1 and len(answers[0]["topk"]) == 2
+    lines = handler_times(caplog)
+    assert len(lines) == 1 and "|#ModelName:tiny,Level:Model|" in lines[0], lines
+
+
+def test_bad_item_gets_its_own_4xx_and_the_others_are_answered(
+        handler: OptimizingHandler) -> None:
+    good = [png((200, 30, 30)), png((30, 30, 200))]
+    alone, _ = call(handler, good)
+    answers, context = call(handler, [good[0], b"not an image", good[1]])
+    assert answers[0] == alone[0] and answers[2] == alone[1]
+    assert answers[1]["status"] == 400 and "cannot decode image" in answers[1]["error"]
+    assert context.get_response_status(1)[0] == 400
+    assert context.get_response_status(1)[1] == answers[1]["error"]
+    assert context.get_response_status(0)[0] == 200 and context.get_response_status(2)[0] == 200
+
+
+def test_batch_of_only_bad_items_never_reaches_the_model(handler: OptimizingHandler) -> None:
+    answers, context = call(handler, [b"", b"\x00\x01"])
+    assert [answer["status"] for answer in answers] == [400, 400]
+    assert [context.get_response_status(i)[0] for i in range(2)] == [400, 400]
+
+
+def test_profiler_runs_the_same_hooks(handler: OptimizingHandler,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENABLE_TORCH_PROFILER: BaseHandler's profiled flow, per-item answers kept."""
+    traces = []
+    handler.profiler_args = {"activities": [ProfilerActivity.CPU],
+                             "on_trace_ready": traces.append}
+    monkeypatch.setenv("ENABLE_TORCH_PROFILER", "true")
+    answers, context = call(handler, [png((10, 200, 10)), b"junk"])
+    assert len(traces) == 1
+    names = {event.key for event in traces[0].key_averages()}
+    assert {"preprocess", "inference", "postprocess"} <= names
+    assert "topk" in answers[0] and answers[1]["status"] == 400
+    assert context.get_response_status(1)[0] == 400
+
+
+def test_ready_line_and_record_say_what_is_served(handler: OptimizingHandler,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    messages = [r.getMessage() for r in caplog.get_records("setup")]
+    ready = [m for m in messages if m.startswith("ready model=tiny ")]
+    assert len(ready) == 1 and "pipeline=eager[eager] " in ready[0] and " dtype=fp32 " in ready[0]
+    [record] = read_records("\n".join(messages))
+    assert (record.model, record.pipeline, record.preset, record.dtype) == \
+        ("tiny", "eager[eager]", "eager", "fp32")
+    assert record.ipex == handler.served.ipex.reason and record.placement is None
+    assert record.load_s > 0 and record.affinity and record.rejected == ()
