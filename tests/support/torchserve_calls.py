@@ -3,10 +3,19 @@ built by TorchServe's own `Service.retrieve_data_for_inference` from frontend re
 
 from __future__ import annotations
 
+import io
+import logging
 from collections.abc import Mapping
+from pathlib import Path
 
+import ts
+from PIL import Image
 from ts.context import Context
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 from ts.service import Service
+from ts.torch_handler.base_handler import BaseHandler
+
+from tests.support.tiny_archive import TINY_MODEL
 
 MANIFEST = {"model": {"modelName": "m", "modelVersion": "1"}}
 
@@ -43,3 +52,36 @@ def worker_context(model_name: str, model_dir: str, manifest: Mapping[str, objec
     """The context a worker's handler is initialized with (ts/model_loader.py)."""
     return Context(model_name, model_dir, dict(manifest), 1, None, "0.12.0",
                    metrics=metrics, model_yaml_config=dict(model_yaml_config or {}))
+
+
+def tiny_model_context(model_dir: Path, handler_section: Mapping[str, object],
+                       model_name: str = "tiny") -> Context:
+    """A worker context for the tiny conv net written into `model_dir` (no weights file),
+    with TorchServe's own metrics cache (ts/configs/metrics.yaml) as a worker has it."""
+    model_file = f"{model_name}_model.py"
+    (model_dir / model_file).write_text(TINY_MODEL)
+    metrics = MetricsCacheYamlImpl(str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))
+    metrics.model_name = model_name
+    metrics.initialize_cache()
+    manifest = {"model": {"modelName": model_name, "modelFile": model_file}}
+    return worker_context(model_name, str(model_dir), manifest, {"handler": handler_section},
+                          metrics)
+
+
+def png(colour: tuple[int, int, int]) -> bytes:
+    """A small one-colour PNG request body."""
+    out = io.BytesIO()
+    Image.new("RGB", (12, 10), colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+def call(handler: BaseHandler, bodies: list[bytes]) -> tuple[list, Context]:
+    """One batch of PNG requests through the handler's entry point, as a worker runs it."""
+    rows, context = torchserve_call(bodies, "image/png", context=handler.context)
+    return handler.handle(rows, context), context
+
+
+def handler_times(records: list[logging.LogRecord]) -> list[str]:
+    """The HandlerTime lines a worker prints for the frontend's model_metrics.log."""
+    return [r.getMessage() for r in records
+            if r.getMessage().startswith("[METRICS]HandlerTime.Milliseconds:")]

@@ -3,19 +3,13 @@ decoded by ts/service.py, a tiny conv net; only the launcher's pinning is left o
 
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 
 import pytest
-import ts
-from PIL import Image
 from torch.profiler import ProfilerActivity
-from ts.context import Context
-from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
-from tests.support.tiny_archive import TINY_MODEL
-from tests.support.torchserve_calls import torchserve_call, worker_context
+from tests.support.torchserve_calls import call, handler_times, png, tiny_model_context
 from torchserve_cpu.handlers import optimizing_handler
 from torchserve_cpu.handlers.optimizing_handler import OptimizingHandler
 from torchserve_cpu.handlers.served_record import read_records
@@ -24,40 +18,15 @@ SECTION = {"task": "image_classification", "optimize": "eager", "image_size": 8,
            "resize_size": 8, "topk": 2, "warmup_iterations": 1, "itt_ranges": False}
 
 
-def png(colour: tuple[int, int, int]) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (12, 10), colour).save(out, format="PNG")
-    return out.getvalue()
-
-
 @pytest.fixture
 def handler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
             caplog: pytest.LogCaptureFixture) -> OptimizingHandler:
     """An initialized handler with the worker context TorchServe would give it."""
     monkeypatch.setattr(optimizing_handler, "pin_current_worker", lambda model_name: None)
-    (tmp_path / "tiny_handle_model.py").write_text(TINY_MODEL)
-    metrics = MetricsCacheYamlImpl(str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))
-    metrics.model_name = "tiny"
-    metrics.initialize_cache()
-    context = worker_context(
-        "tiny", str(tmp_path), {"model": {"modelName": "tiny", "modelFile":
-                                          "tiny_handle_model.py"}},
-        {"handler": SECTION}, metrics)
     handler = OptimizingHandler()
     with caplog.at_level(logging.INFO):
-        handler.initialize(context)
+        handler.initialize(tiny_model_context(tmp_path, SECTION))
     return handler
-
-
-def call(handler: OptimizingHandler, bodies: list[bytes]) -> tuple[list, Context]:
-    rows, context = torchserve_call(bodies, "image/png", context=handler.context)
-    return handler.handle(rows, context), context
-
-
-def handler_times(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """The HandlerTime lines the worker prints for the frontend's model_metrics.log."""
-    return [r.getMessage() for r in caplog.records
-            if r.getMessage().startswith("[METRICS]HandlerTime.Milliseconds:")]
 
 
 def test_handler_time_metric_recorded(handler: OptimizingHandler,
@@ -66,7 +35,7 @@ def test_handler_time_metric_recorded(handler: OptimizingHandler,
     with caplog.at_level(logging.INFO):
         answers, _ = call(handler, [png((200, 30, 30))])
     assert len(answers) == 1 and len(answers[0]["topk"]) == 2
-    lines = handler_times(caplog)
+    lines = handler_times(caplog.records)
     assert len(lines) == 1 and "|#ModelName:tiny,Level:Model|" in lines[0], lines
 
 
