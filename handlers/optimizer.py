@@ -39,6 +39,20 @@ log = logging.getLogger(__name__)
 PROFILED_CALLS = 3  # calls before TorchScript's profiling executor runs the optimized graph
 
 
+def plan_dtype(plan: StepPlan) -> str:
+    """The precision a plan runs at, as the ready line and the metrics name it."""
+    return "bf16" if plan.bf16 else "fp32"
+
+
+@dataclass(frozen=True)
+class Tried:
+    """One candidate's outcome, as data (the metrics count these): `accepted` (agrees with
+    eager), `refused` (built and ran, but the accuracy gate said no) or `failed`."""
+
+    plan: StepPlan
+    outcome: str
+
+
 @dataclass(frozen=True)
 class Optimized:
     """The chosen model plus the story of how it was chosen (for the ready log line)."""
@@ -48,13 +62,14 @@ class Optimized:
     agreement: Agreement
     rejected: tuple[str, ...]
     timings_ms: tuple[tuple[str, float], ...] = ()
+    tried: tuple[Tried, ...] = ()  # every candidate built, in order
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         return call_stage(self.stage, inputs)
 
     @property
     def dtype(self) -> str:
-        return "bf16" if self.plan.bf16 else "fp32"
+        return plan_dtype(self.plan)
 
 
 def candidate_plans(settings: HandlerSettings) -> list[StepPlan]:
@@ -127,6 +142,7 @@ def optimize(
     ctx = StepContext(example=example, ipex=ipex, channels_last=settings.channels_last)
     rejected: list[str] = []
     accepted: list[tuple[StepPlan, Stage, Agreement]] = []
+    tried: list[Tried] = []
     for plan in candidate_plans(settings):
         # oneDNN Graph fusion is process-wide: off unless this plan's step turns it on
         # (optimize_for_inference graphs fail with it; IPEX plans skip it).
@@ -138,7 +154,9 @@ def optimize(
         except Exception as error:  # noqa: BLE001 - any failing backend falls back
             rejected.append(f"{plan.describe()} failed: {error_summary(error)}")
             log.warning("optimizer: %s", rejected[-1])
+            tried.append(Tried(plan, "failed"))
             continue
+        tried.append(Tried(plan, "accepted" if agreement.passed else "refused"))
         if not agreement.passed:
             failures = "; ".join(agreement.failures)
             rejected.append(f"{plan.describe()} disagrees with eager: {failures}")
@@ -152,7 +170,7 @@ def optimize(
         fastest = min(range(len(accepted)), key=lambda i: timings[i][1])
         plan, stage, agreement = accepted[fastest]
         set_onednn_graph(stage.onednn_graph)
-        return Optimized(stage, plan, agreement, tuple(rejected), tuple(timings))
+        return Optimized(stage, plan, agreement, tuple(rejected), tuple(timings), tuple(tried))
     plan, stage, agreement = accepted[0]
     set_onednn_graph(stage.onednn_graph)
-    return Optimized(stage, plan, agreement, tuple(rejected))
+    return Optimized(stage, plan, agreement, tuple(rejected), tried=tuple(tried))

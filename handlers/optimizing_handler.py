@@ -2,11 +2,12 @@
 
 At load: claim this worker's cores (launcher), build the served model
 (handlers.served_model), warm it up and say what it serves: a `ready` line for people and
-a JSON record for programs (handlers.served_record). Per request it keeps BaseHandler's
-`handle` (the HandlerTime metric, torch.profiler under ENABLE_TORCH_PROFILER, describe)
-and fills its hooks: preprocess decodes each item on its own, so one bad item gets its
-own 4xx while the rest of the batch is answered; inference runs the good items as one
-batch; postprocess puts every answer in its place. Items that a service envelope (KServe)
+a JSON record for programs (handlers.served_record), and on TorchServe's metrics endpoint
+the same, its placement and per-stage latencies (handlers.metrics). Per request it keeps
+BaseHandler's `handle` (the HandlerTime metric, torch.profiler under ENABLE_TORCH_PROFILER,
+describe) and fills its hooks: preprocess decodes each item on its own, so one bad item
+gets its own 4xx while the rest of the batch is answered; inference runs the good items as
+one batch; postprocess puts every answer in its place. Items that a service envelope (KServe)
 unpacked from one request are answered in that request (handlers.envelopes). Subclasses
 override one hook at most.
 """
@@ -33,6 +34,7 @@ from torchserve_cpu.handlers.envelopes import (
     request_headers,
 )
 from torchserve_cpu.handlers.errors import BadInput
+from torchserve_cpu.handlers.metrics import WorkerMetrics, worker_metrics
 from torchserve_cpu.handlers.profiling import op_ranges, stage_range
 from torchserve_cpu.handlers.served_model import ServedModel, build_served_model
 from torchserve_cpu.handlers.served_record import ServedRecord, record_line
@@ -73,12 +75,14 @@ class OptimizingHandler(BaseHandler):
 
     served: ServedModel
     pinned: PinnedWorker | None
+    metrics: WorkerMetrics
 
     def initialize(self, context: object) -> None:
         started = time.perf_counter()
         self.context = context
         self.model_name = context.model_name  # type: ignore[attr-defined]
         self.pinned = self._pin_worker()
+        self.metrics = worker_metrics(context, self.model_name)
         yaml_config = getattr(context, "model_yaml_config", None) or {}
         self.served = build_served_model(
             Path(context.system_properties["model_dir"]),  # type: ignore[attr-defined]
@@ -90,6 +94,9 @@ class OptimizingHandler(BaseHandler):
         self.initialized = True
         self._report_ready(ready_record(self.model_name, self.served,
                                         time.perf_counter() - started, self.pinned))
+        self.metrics.served(self.served.model)
+        if self.pinned is not None:
+            self.pinned.on_placement(self.metrics.placement)
 
     def _pin_worker(self) -> PinnedWorker | None:
         """Claim this worker's core block before any weights are touched (NUMA-local)."""
@@ -119,7 +126,8 @@ class OptimizingHandler(BaseHandler):
 
     def preprocess(self, data: list | None) -> DecodedBatch:
         """Decode every item on its own, reading the headers of the request it came from."""
-        with stage_range(f"{self.model_name}.preprocess", self.served.settings.itt_ranges):
+        with stage_range(f"{self.model_name}.preprocess", self.served.settings.itt_ranges), \
+                self.metrics.stage("preprocess"):
             return self._decode(data)
 
     def _decode(self, data: list | None) -> DecodedBatch:
@@ -152,7 +160,7 @@ class OptimizingHandler(BaseHandler):
             return batch
         settings = self.served.settings
         with stage_range(f"{self.model_name}.inference", settings.itt_ranges), \
-                op_ranges(settings.emit_itt):
+                op_ranges(settings.emit_itt), self.metrics.stage("inference"):
             return replace(batch, outputs=self.served(*batch.inputs))
 
     def postprocess(self, batch: DecodedBatch) -> list[object]:  # type: ignore[override]
@@ -167,7 +175,8 @@ class OptimizingHandler(BaseHandler):
         """
         answers: list[object] = [None] * batch.count
         if batch.outputs is not None:
-            with stage_range(f"{self.model_name}.postprocess", self.served.settings.itt_ranges):
+            with stage_range(f"{self.model_name}.postprocess", self.served.settings.itt_ranges), \
+                    self.metrics.stage("postprocess"):
                 for index, answer in zip(batch.indices, self.served.task.answer(batch.outputs)):
                     answers[index] = answer
         for index, error in batch.errors.items():

@@ -1,4 +1,5 @@
-"""The `torchserve-cpu` command: plan | doctor | serve | link-allocators | handler-path."""
+"""The `torchserve-cpu` command: plan | doctor | serve | link-allocators | handler-path |
+metrics-config-path."""
 
 from __future__ import annotations
 
@@ -50,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "handler-path",
         help="print the installed handler file, for torch-model-archiver --handler",
+    )
+    commands.add_parser(
+        "metrics-config-path",
+        help="print the metrics config declaring the handler's metrics, for metrics_config= "
+        "in config.properties (serve uses it when the config names none)",
     )
     serving = commands.add_parser(
         "serve",
@@ -145,12 +151,20 @@ def run_handler_path(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_metrics_config_path(args: argparse.Namespace) -> int:
+    from torchserve_cpu.handlers import METRICS_CONFIG
+
+    print(METRICS_CONFIG)
+    return 0
+
+
 COMMANDS = {
     "plan": run_plan,
     "doctor": run_doctor,
     "serve": run_serve,
     "link-allocators": run_link_allocators,
     "handler-path": run_handler_path,
+    "metrics-config-path": run_metrics_config_path,
 }
 
 

@@ -1,7 +1,8 @@
 """`torchserve-cpu serve`: TorchServe in the foreground, workers pinned by the launcher.
 
 TorchServe gets the user's config unchanged except cpu_launcher_enable=false, so its own
-run_cpu wrapper does not pin workers a second time; workers find the user's original
+run_cpu wrapper does not pin workers a second time, and, when the user names none, the
+metrics_config that declares the handler's metrics; workers find the user's original
 config through $TSCPU_CONFIG_FILE and pin themselves (launcher.worker). Addresses, token
 authorization, TEMP (pid file, worker sockets) and log locations stay the user's.
 
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import psutil
 
+from torchserve_cpu.handlers import METRICS_CONFIG  # a path only: imports no torch
 from torchserve_cpu.launcher.balance import Demand, Pool, assign
 from torchserve_cpu.launcher.environment import AllocatorChoice, choose_allocator, process_env
 from torchserve_cpu.launcher.errors import LauncherError
@@ -37,7 +39,7 @@ from torchserve_cpu.launcher.facts import allowed_topology
 from torchserve_cpu.launcher.options import LauncherOptions
 from torchserve_cpu.launcher.planner import Plan
 from torchserve_cpu.launcher.procfs import parent_pid
-from torchserve_cpu.launcher.properties import read_properties
+from torchserve_cpu.launcher.properties import parse_properties, read_properties
 from torchserve_cpu.launcher.topology import Topology
 from torchserve_cpu.launcher.tsconfig import ENABLE_KEY, model_entries, read_ts_config
 from torchserve_cpu.launcher.worker import CONFIG_ENV
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 CONFIG_FILE_ENV = "TS_CONFIG_FILE"
 DEFAULT_CONFIG = "config.properties"
 PID_FILE = ".model_server.pid"  # ts/model_server.py keeps it in tempfile.gettempdir()
+METRICS_CONFIG_KEY = "metrics_config"
 KEY_FILE = "key_file.json"  # TokenAuthorization writes it in the frontend's cwd
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 STOP_TIMEOUT_S = 60.0  # what `torchserve --stop --foreground` waits
@@ -144,9 +147,14 @@ def find_model_store(config_path: Path, model_store: Path | None) -> Path:
 def derived_config_text(text: str) -> str:
     """The user's config verbatim, then cpu_launcher_enable=false: the last occurrence of a
     key wins in Java properties, so every other line means exactly what it meant.
-    The blank line ends a trailing backslash continuation first."""
+    The blank line ends a trailing backslash continuation first. Without a metrics_config
+    of the user's, the package's is added: TorchServe 0.12's frontend exposes only the
+    model metrics its metrics config declares (handlers/metrics.py)."""
     note = "# added by torchserve-cpu serve: the workers pin themselves"
-    return f"{text}\n\n{note}\n{ENABLE_KEY}=false\n"
+    added = f"{text}\n\n{note}\n{ENABLE_KEY}=false\n"
+    if METRICS_CONFIG_KEY not in parse_properties(text):
+        added += f"# and declare their metrics\n{METRICS_CONFIG_KEY}={METRICS_CONFIG}\n"
+    return added
 
 
 def derived_config_path(prepared: Prepared, directory: Path) -> Path:

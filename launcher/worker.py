@@ -22,7 +22,7 @@ import os
 import select
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -120,6 +120,7 @@ class PinnedWorker:
         self._entry = replace(entry, cpus=(), node=None, threads=0)  # nothing applied yet
         self._threads_applied = 0
         self._memory = "not bound"
+        self._listeners: list[Callable[[WorkerPlacement], None]] = []
         self.placement: WorkerPlacement
         # read the seat back from the file, not `entry`: a worker that joined after this
         # one's join returned has already moved it, and that write is in the stamp
@@ -160,6 +161,7 @@ class PinnedWorker:
                 self._threads_applied = apply.set_torch_threads(entry.threads) or entry.threads
                 applied_now = True
             self._entry = entry
+            previous = getattr(self, "placement", None)
             self.placement = WorkerPlacement(
                 model=self.model,
                 cpus=entry.cpus,
@@ -170,6 +172,9 @@ class PinnedWorker:
                 shared_with=entry.shared_with,
                 allocator_note=self._allocator_note,
             )
+            if self.placement != previous:  # under the lock: listeners hear changes in order
+                for listener in self._listeners:
+                    listener(self.placement)
         if applied_now:
             self.registry.record_applied(self.key, self._threads_applied)
             self._stamp = self.registry.stamp()  # our own write is not a change
@@ -192,6 +197,13 @@ class PinnedWorker:
             log.warning("launcher: %s; memory policy left as is", problem)
             return f"not bound ({problem})"
         return f"bound to node {node}"
+
+    def on_placement(self, listener: Callable[[WorkerPlacement], None]) -> None:
+        """Call `listener` with the placement now and after every change, from whichever
+        thread made it (the watcher re-pins an idle worker, `refresh` applies threads)."""
+        with self._lock:
+            self._listeners.append(listener)
+            listener(self.placement)
 
     # -- the watcher thread ------------------------------------------------------------
 

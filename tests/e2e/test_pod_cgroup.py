@@ -1,8 +1,9 @@
 """A Kubernetes pod, simulated for real: the container entrypoint started inside a cgroup v1
 cpuset (what the kubelet's static CPU manager gives a Guaranteed pod) or under a CFS quota
 (a pod with a CPU limit but no exclusive cores). Workers must be planned and pinned inside
-what the cgroup allows, with threads = cores of their block, and requests served; SIGTERM
-(what the kubelet sends) must stop everything with the frontend's status."""
+what the cgroup allows, with threads = cores of their block, and requests served; the
+metrics endpoint must show that placement and the stage latencies; SIGTERM (what the
+kubelet sends) must stop everything with the frontend's status."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ import pytest
 
 from benchmarks.loopback_torchserve import TorchServe, loopback_properties, post
 from tests.integration.launcher.launcher_probe import wait_for
+from tests.support.prometheus import Sample, named, placement_cpus, placements, scrape
 from tests.support.tiny_archive import build_tiny_archive
 from torchserve_cpu.handlers import HANDLER_FILE
-from torchserve_cpu.launcher.procfs import allowed_cpus
+from torchserve_cpu.launcher.procfs import allowed_cpus, mapped_allocator
 from torchserve_cpu.launcher.properties import write_properties
 from torchserve_cpu.launcher.registry import read_entries
 
@@ -116,9 +118,31 @@ def check_pod(cgroup: Path, tmp_path: Path, allowed: set[int]) -> None:
                                        if e.pid == pid and e.applied_threads), None))
         assert set(entry.cpus) == cpus
         assert entry.threads == entry.applied_threads == len(cpus) == 1
+        check_metrics(handle, pid, cpus)
     finally:
         status = stop(process)
     assert status == 143, (handle.run_dir / "entrypoint.log").read_text()[-3000:]
+
+
+def check_metrics(handle: TorchServe, pid: int, cpus: set[int]) -> None:
+    """`serve` gave TorchServe the package's metrics config (the pod's config names none):
+    the worker's placement series is its cpuset and its mapped allocator, and every stage
+    of the request is timed. The frontend reads worker lines on its own thread: wait."""
+    def scraped() -> list[Sample] | None:
+        samples = scrape(handle.metrics_url)
+        timed = named(samples, "tscpu_stage_latency_seconds_count")
+        return samples if placements(samples, pid) and len(timed) == 3 else None
+
+    samples = wait_for(scraped, timeout=30)
+    [placement] = placements(samples, pid)
+    assert placement_cpus(placement) == cpus
+    assert placement.value == len(cpus)  # threads
+    assert placement.labels["Allocator"] == mapped_allocator(pid)
+    stages = {s.labels["Stage"]: s.value
+              for s in named(samples, "tscpu_stage_latency_seconds_count")}
+    assert stages == {"preprocess": 1, "inference": 1, "postprocess": 1}
+    [served] = named(samples, "tscpu_served_model")
+    assert served.labels["ModelName"] == "tiny" and served.value == 1
 
 
 def test_pod_with_one_exclusive_cpu(one_cpu_cpuset: Path, tmp_path: Path) -> None:

@@ -54,13 +54,17 @@ def worker_context(model_name: str, model_dir: str, manifest: Mapping[str, objec
                    metrics=metrics, model_yaml_config=dict(model_yaml_config or {}))
 
 
+TS_METRICS_CONFIG = Path(ts.__file__).parent / "configs" / "metrics.yaml"  # TorchServe's default
+
+
 def tiny_model_context(model_dir: Path, handler_section: Mapping[str, object],
-                       model_name: str = "tiny") -> Context:
+                       model_name: str = "tiny",
+                       metrics_config: Path = TS_METRICS_CONFIG) -> Context:
     """A worker context for the tiny conv net written into `model_dir` (no weights file),
-    with TorchServe's own metrics cache (ts/configs/metrics.yaml) as a worker has it."""
+    with TorchServe's own metrics cache as a worker has it, read from `metrics_config`."""
     model_file = f"{model_name}_model.py"
     (model_dir / model_file).write_text(TINY_MODEL)
-    metrics = MetricsCacheYamlImpl(str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))
+    metrics = MetricsCacheYamlImpl(str(metrics_config))
     metrics.model_name = model_name
     metrics.initialize_cache()
     manifest = {"model": {"modelName": model_name, "modelFile": model_file}}

@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from torchserve_cpu.handlers import METRICS_CONFIG
 from torchserve_cpu.launcher.errors import LauncherError
 from torchserve_cpu.launcher.properties import parse_properties, read_properties
 from torchserve_cpu.launcher.serve import (
@@ -70,7 +71,7 @@ def test_missing_config_names_what_was_looked_for(
     assert looked_for in str(error.value) and named in str(error.value)
 
 
-def test_derived_config_differs_only_in_cpu_launcher_enable() -> None:
+def test_derived_config_differs_only_in_cpu_launcher_enable_and_metrics_config() -> None:
     original = (
         "# a user's config\n"
         "inference_address=https://0.0.0.0:8443\n"
@@ -84,8 +85,15 @@ def test_derived_config_differs_only_in_cpu_launcher_enable() -> None:
     )
     derived = derived_config_text(original)
     assert derived.startswith(original)  # every line of the user's, byte for byte
-    expected = {**parse_properties(original), "cpu_launcher_enable": "false"}
+    expected = {**parse_properties(original), "cpu_launcher_enable": "false",
+                "metrics_config": str(METRICS_CONFIG)}  # the handler's metrics declared
     assert parse_properties(derived) == expected
+
+
+def test_derived_config_keeps_the_user_s_metrics_config() -> None:
+    original = "metrics_mode=prometheus\nmetrics_config=/etc/ts/metrics.yaml\n"
+    assert parse_properties(derived_config_text(original))["metrics_config"] == \
+        "/etc/ts/metrics.yaml"
 
 
 def test_implied_flags_are_dropped_and_stop_is_refused(tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ def test_wheel_installs_one_namespace_and_no_harness(wheel: Path) -> None:
         names = set(archive.namelist())
     assert "torchserve_cpu/handlers/ipex_handler.py" in names
     assert "torchserve_cpu/model_store/resnet50/model-config.yaml" in names
+    assert "torchserve_cpu/handlers/metrics.yaml" in names  # metrics_config for the handler
     assert not [n for n in names if "/benchmarks/" in n or "/tests/" in n or "/build/" in n]
 
 

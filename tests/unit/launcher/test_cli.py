@@ -49,3 +49,12 @@ def test_errors_exit_2_with_the_message(
 ) -> None:
     assert main(["plan", "--topology-file", str(XEON), *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_metrics_config_path_prints_the_shipped_metrics_yaml(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """What a plain `torchserve --start` user puts after metrics_config=."""
+    assert main(["metrics-config-path"]) == 0
+    path = Path(capsys.readouterr().out.strip())
+    assert path.name == "metrics.yaml" and "tscpu_worker_placement" in path.read_text()
