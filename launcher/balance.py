@@ -29,7 +29,7 @@ from torchserve_cpu.launcher.cpulist import format_cpulist
 from torchserve_cpu.launcher.errors import LauncherError
 from torchserve_cpu.launcher.options import LauncherOptions, parse_launcher_args
 from torchserve_cpu.launcher.planner import Block, plan
-from torchserve_cpu.launcher.topology import Topology
+from torchserve_cpu.launcher.topology import CoreKey, Topology
 
 WorkerKey = tuple[int, int]  # (pid, start time): one process even after pid reuse
 
@@ -93,10 +93,13 @@ def assign(
         pools.setdefault(demand.pool, []).append(demand)
     seats: dict[WorkerKey, Seat] = {}
     notes: list[str] = []
-    taken: set[int] = set()
+    core_of = {cpu.id: cpu.core for cpu in machine.cpus}
+    # Whole physical cores are taken: the SMT sibling of a core an earlier instance runs on
+    # is not free (planning over it put two instances' threads on one core, unreported).
+    taken: set[CoreKey] = set()
     for pool, members in pools.items():  # dict order = oldest worker first
         options = options_of(pool)
-        free = [cpu for cpu in pool.cpus if cpu not in taken]
+        free = [cpu for cpu in pool.cpus if core_of.get(cpu) not in taken]
         if not free:
             notes.append(
                 f"pool {format_cpulist(pool.cpus)} ({pool.args or 'no args'}) is fully used "
@@ -107,8 +110,8 @@ def assign(
         blocks = _blocks(topology, options, len(members), notes)
         pool_seats = _seat(members, blocks, {cpu.id: cpu.node for cpu in machine.cpus})
         seats.update(pool_seats)
-        taken |= {cpu for seat in pool_seats.values() for cpu in seat.block.cpus}
-    return Assignment(_mark_shared(seats), tuple(notes))
+        taken |= {core_of[cpu] for seat in pool_seats.values() for cpu in seat.block.cpus}
+    return Assignment(_mark_shared(seats, core_of), tuple(notes))
 
 
 def _blocks(
@@ -163,13 +166,18 @@ def _seat(
     return seats
 
 
-def _mark_shared(seats: dict[WorkerKey, Seat]) -> dict[WorkerKey, Seat]:
-    """Fill in `shared_with`: every other worker whose block has a CPU of this one."""
-    cpus = {key: set(seat.block.cpus) for key, seat in seats.items()}
+def _mark_shared(
+    seats: dict[WorkerKey, Seat], core_of: dict[int, CoreKey]
+) -> dict[WorkerKey, Seat]:
+    """Fill in `shared_with`: every other worker whose block has a physical core of this one
+    (a CPU, or an SMT sibling of one)."""
+    cores = {key: {core_of[cpu] for cpu in seat.block.cpus} for key, seat in seats.items()}
     return {
         key: replace(
             seat,
-            shared_with=tuple(other for other in seats if other != key and cpus[key] & cpus[other]),
+            shared_with=tuple(
+                other for other in seats if other != key and cores[key] & cores[other]
+            ),
         )
         for key, seat in seats.items()
     }

@@ -126,7 +126,9 @@ def _build(seen: dict[str, str | bool], text: str) -> LauncherOptions:
         mode = "throughput"
     core_list = None
     if "core_list" in seen:
-        core_list = parse_cpulist(str(seen["core_list"]).replace(" ", ""), "--core_list")
+        # parse_cpulist allows spaces around "," and "-" but not between ids: deleting
+        # them made "--core_list '1 2'" CPU 12 (found by mutation testing)
+        core_list = parse_cpulist(str(seen["core_list"]), "--core_list")
         if not core_list:
             raise LauncherError("cpu_launcher_args: --core_list is empty")
     disable_numactl = "disable_numactl" in seen

@@ -57,3 +57,9 @@ def test_setup_installs_every_package() -> None:
     assert listed is not None
     packages = set(listed.group(1).split())
     assert {entry.debian_package for entry in ALLOCATORS if entry.preloaded} <= packages
+
+
+def test_an_unknown_name_is_a_key_error_listing_the_table() -> None:
+    with pytest.raises(KeyError) as caught:
+        allocator_named("mimalloc")
+    assert caught.value.args == ("no allocator 'mimalloc'; known: jemalloc, tcmalloc, glibc",)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from torchserve_cpu.launcher.balance import Demand, Pool, assign
 from torchserve_cpu.launcher.errors import LauncherError
 from torchserve_cpu.launcher.lscpu import read_lscpu
+from torchserve_cpu.launcher.options import LauncherOptions
 from torchserve_cpu.launcher.topology import Topology
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "topologies"
@@ -221,3 +222,88 @@ def test_after_any_history_live_workers_are_disjoint_and_node_local(
             assert seat.threads <= len(core_keys)  # one thread per physical core at most
             if len(core_keys) <= largest_node:  # inside one NUMA node where it fits in one
                 assert seat.block.node is not None
+
+
+def test_a_later_instance_never_gets_the_siblings_of_cores_in_use(xeon: Topology) -> None:
+    """The first instance's worker runs on all 56 physical cores (CPUs 0-55); CPUs 56-111 are
+    their SMT siblings, so the second instance has no free core and says it shares."""
+    first, second = pool_of(xeon), pool_of(xeon, "--ncores_per_instance 2")
+    result = assign(xeon, [Demand((1, 0), "a", first, 0), Demand((2, 0), "b", second, 1)])
+    assert result.seats[(2, 0)].block.cpus == (0, 1)  # not (56, 57): core 0 and 1 again
+    assert result.seats[(2, 0)].shared_with == ((1, 0),)
+    assert result.seats[(1, 0)].shared_with == ((2, 0),)
+    assert result.notes == (
+        "pool 0-111 (--ncores_per_instance 2) is fully used by an earlier TorchServe "
+        "instance: its workers share those cores",
+    )
+    whole = pool_of(xeon, "--ninstances 1")  # one block of every core, first
+    later = assign(xeon, [Demand((1, 0), "a", whole, 0), Demand((2, 0), "b", second, 1),
+                          Demand((3, 0), "c", pool_of(xeon), 2)])
+    assert later.notes[-1].startswith("pool 0-111 (no args) is fully used")
+
+
+def test_every_earlier_instance_counts_not_only_the_last(xeon: Topology) -> None:
+    demands = [Demand((n, 0), "m", pool_of(xeon, f"--ncores_per_instance {n + 1}"), n)
+               for n in (1, 2, 3)]
+    seats = assign(xeon, demands).seats
+    # the second goes to the emptier node 1; the third must avoid the first, not only it
+    assert [seats[(n, 0)].block.cpus for n in (1, 2, 3)] == [(0, 1), (28, 29, 30), (2, 3, 4, 5)]
+
+
+def test_an_instance_under_a_cpu_quota_gets_what_the_quota_pays_for(xeon: Topology) -> None:
+    limited = Pool(xeon.cpu_ids, 2.0, "")
+    assert assign(xeon, [Demand((1, 0), "m", limited, 0)]).seats[(1, 0)].block.cpus == (0, 1)
+
+
+def test_throughput_mode_is_a_reserved_layout(xeon: Topology) -> None:
+    pool = pool_of(xeon, "--throughput_mode")
+    result = assign(xeon, [Demand((n, 0), "m", pool, n) for n in range(3)])
+    assert [result.seats[(n, 0)].block.cpus for n in range(3)] == [
+        tuple(range(0, 28)), tuple(range(28, 56)), tuple(range(0, 28))]
+    assert result.seats[(2, 0)].threads == 14
+    assert result.notes == ()  # a fixed layout of two blocks: nothing was cut down
+
+
+def test_more_workers_than_blocks_use_the_most_blocks_that_fit(xeon: Topology) -> None:
+    pool = Pool(tuple(range(6)), None, "--ncores_per_instance 2")
+    result = assign(xeon, [Demand((n, 0), "m", pool, n) for n in range(5)])
+    blocks = {result.seats[(n, 0)].block.cpus for n in range(5)}
+    assert blocks == {(0, 1), (2, 3), (4, 5)}  # 3 fit: not 2 (every count is tried)
+    assert result.notes == (
+        "5 workers, room for 3 disjoint blocks: --ncores_per_instance 2 x 5 workers needs 10 "
+        "physical cores; only 6 usable (allowed: 0-5)",
+    )
+    one = assign(xeon, [Demand((n, 0), "m", Pool((0, 1), None, "--ncores_per_instance 2"), n)
+                        for n in range(2)])
+    assert {seat.block.cpus for seat in one.seats.values()} == {(0, 1)}  # down to one block
+
+
+def test_extra_workers_share_the_least_loaded_block_they_already_hold(two_core: Topology) -> None:
+    pool = pool_of(two_core)
+    demands = [Demand((1, 0), "m", pool, 0, holding=(0,)), Demand((2, 0), "m", pool, 1, (1,)),
+               Demand((3, 0), "m", pool, 2, holding=(1,)), Demand((4, 0), "m", pool, 3)]
+    seats = assign(two_core, demands).seats
+    assert {n: seats[(n, 0)].block.cpus for n in (1, 2, 3, 4)} == {
+        1: (0,), 2: (1,), 3: (1,), 4: (0,)}  # 3 stays on its core; 4 evens the load
+
+
+def test_a_shared_block_divides_its_threads_in_whole_numbers(xeon: Topology) -> None:
+    pool = pool_of(xeon, "--ninstances 1 --skip_cross_node_cores")
+    seats = assign(xeon, [Demand((n, 0), "m", pool, n) for n in range(3)]).seats
+    assert {seat.threads for seat in seats.values()} == {28 // 3}
+
+
+def test_with_nothing_of_its_own_left_a_worker_stays_on_its_node(xeon: Topology) -> None:
+    """Its CPUs (SMT siblings on node 1) are in no block now: its memory is on node 1."""
+    pool = pool_of(xeon)
+    moved = Demand((1, 0), "m", pool, 0, holding=(84, 85))
+    other = Demand((2, 0), "m", pool, 1)
+    seats = assign(xeon, [moved, other]).seats
+    assert seats[(1, 0)].block.node == 1 and seats[(2, 0)].block.node == 0
+
+
+def test_a_layout_of_no_blocks_is_an_error_not_an_empty_seat(xeon: Topology) -> None:
+    """Only reachable through options_of (the parser refuses --ninstances 0)."""
+    with pytest.raises(LauncherError, match="^no core block can be planned for these workers$"):
+        assign(xeon, [Demand((1, 0), "m", pool_of(xeon), 0)],
+               options_of=lambda pool: LauncherOptions(ninstances=0))

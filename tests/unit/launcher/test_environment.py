@@ -6,6 +6,8 @@ import pytest
 
 from torchserve_cpu.launcher.allocators import JEMALLOC_MALLOC_CONF
 from torchserve_cpu.launcher.environment import (
+    LIBRARY_DIRS,
+    arm_env,
     choose_allocator,
     find_library,
     late_env,
@@ -106,3 +108,75 @@ def test_debian_paths_on_this_machine() -> None:
     """The Debian packages installed here are found where run_cpu never looks."""
     assert find_library("jemalloc") == Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
     assert find_library("tcmalloc") == Path("/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4")
+
+
+@pytest.mark.parametrize(
+    ("args", "installed", "expected"),
+    [
+        ("", ("tcmalloc",), ("tcmalloc", LIBS["tcmalloc"], "default (measured fastest)")),
+        ("", (), ("glibc", None, "default tcmalloc is not installed: using glibc")),
+        ("--enable_jemalloc", ("jemalloc",), ("jemalloc", LIBS["jemalloc"], "--enable_jemalloc")),
+        ("--use_default_allocator", ("tcmalloc",), ("glibc", None, "--use_default_allocator")),
+    ],
+)
+def test_the_choice_says_why(args: str, installed: tuple[str, ...], expected: tuple) -> None:
+    """The reason is what the ready line and `doctor` print."""
+    choice = choose_allocator(parse_launcher_args(args), only(*installed))
+    assert (choice.name, choice.path, choice.reason) == expected
+
+
+def test_a_missing_allocator_names_files_folders_and_package() -> None:
+    with pytest.raises(LauncherError) as caught:
+        choose_allocator(parse_launcher_args("--enable_tcmalloc"), only())
+    assert str(caught.value) == (
+        "--enable_tcmalloc: tcmalloc (libtcmalloc.so.4, libtcmalloc_minimal.so.4, "
+        f"libtcmalloc.so) not found in {', '.join(map(str, LIBRARY_DIRS))}; install it "
+        "(Debian: libgoogle-perftools4)"
+    )
+
+
+def test_preloads_already_set_are_kept_once_and_in_order() -> None:
+    options = parse_launcher_args("")
+    choice = choose_allocator(options, only("tcmalloc"))
+    base = {"LD_PRELOAD": "/a.so:/lib/libtcmalloc.so.4::/b.so"}
+    env = process_env(options, choice, base, only("tcmalloc"), "x86_64")
+    assert env["LD_PRELOAD"] == "/lib/libtcmalloc.so.4:/a.so:/b.so"
+
+
+@pytest.mark.parametrize("machine", ["aarch64", "arm64"])  # Linux and macOS names
+def test_arm_presets_by_machine_name(machine: str) -> None:
+    options = parse_launcher_args("")
+    assert late_env(options, machine) == {"THP_MEM_ALLOC_ENABLE": "1", **arm_env(options)}
+    assert arm_env(options) == {"TORCH_MKLDNN_MATMUL_MIN_DIM": "1024",
+                                "LRU_CACHE_CAPACITY": "1024"}
+
+
+def test_run_cpu_link_dir_without_home_is_the_users_home() -> None:
+    assert run_cpu_link_dir({}) == Path.home() / ".local" / "lib"
+
+
+def test_link_allocators_goes_on_past_a_link_or_file_already_there(tmp_path: Path) -> None:
+    installed = {
+        "jemalloc": tmp_path / "libjemalloc.so.2",
+        "tcmalloc": tmp_path / "libtcmalloc.so.4",
+    }
+    for path in installed.values():
+        path.write_bytes(b"")
+    links = tmp_path / "venv" / "lib"  # parents are made
+    links.mkdir(parents=True)  # and an existing folder is fine
+    (links / "libjemalloc.so").symlink_to(installed["jemalloc"])
+    assert link_allocators(links, find=installed.get) == [
+        f"{links / 'libjemalloc.so'} -> {installed['jemalloc']} (already there)",
+        f"{links / 'libtcmalloc.so'} -> {installed['tcmalloc']}",
+    ]
+    real = tmp_path / "other" / "deeper" / "lib"
+    assert link_allocators(real, find=installed.get)[1] == (
+        f"{real / 'libtcmalloc.so'} -> {installed['tcmalloc']}"
+    )
+    (real / "libjemalloc.so").unlink()
+    (real / "libjemalloc.so").write_bytes(b"a user's own build")
+    (real / "libtcmalloc.so").unlink()
+    assert link_allocators(real, find=installed.get) == [
+        f"{real / 'libjemalloc.so'}: a real file is already there, left alone",
+        f"{real / 'libtcmalloc.so'} -> {installed['tcmalloc']}",
+    ]

@@ -70,11 +70,7 @@ def test_args_text_is_kept() -> None:
         ("--ninstances 0", "--ninstances must be >= 1"),
         ("--ncores_per_instance -1", "--ncores_per_instance must be >= 1"),
         ("--node_id -1", "--node_id must be >= 0"),
-        ("--core_list 3-1", "--core_list"),
-        ("--core_list a", "--core_list"),
         ("--use_logical_core=1", "--use_logical_core takes no value"),
-        ("--rank 0", "--rank"),
-        ("--no_python", "--no_python"),
         ("ninstances", "'ninstances'"),
         ("--core_list '0-3", "cannot split"),
     ],
@@ -87,3 +83,67 @@ def test_errors_name_the_flag(text: str, named: str) -> None:
 def test_launcher_error_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         parse_launcher_args("--bogus")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("--rank 0", "--rank: workers claim their block from the registry; remove --rank"),
+        ("--rank=3", "--rank: workers claim their block from the registry; remove --rank"),
+        ("--no_python", "--no_python: the launcher pins TorchServe workers in-process; "
+                        "remove --no_python"),
+        ("--no-python", "--no_python: the launcher pins TorchServe workers in-process; "
+                        "remove --no_python"),
+        ("--module", "--module: the launcher pins TorchServe workers in-process; remove --module"),
+    ],
+)
+def test_flags_torchserve_appends_are_rejected_saying_why(text: str, message: str) -> None:
+    """Not "unknown flag": run_cpu knows them, so the message says why they cannot work."""
+    with pytest.raises(LauncherError) as caught:
+        parse_launcher_args(f"--ninstances 2 {text}")
+    assert str(caught.value) == f"cpu_launcher_args: {message}"
+
+
+def test_unknown_flag_lists_every_known_flag() -> None:
+    with pytest.raises(LauncherError) as caught:
+        parse_launcher_args("--bogus")
+    known = caught.value.args[0].partition("; known: ")[2].split(" ")
+    assert known[:3] == ["--use_logical_core", "--skip_cross_node_cores", "--enable_jemalloc"]
+    assert "--oversubscribe" in known and "--core_list" in known
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("", "share"), ("--oversubscribe share", "share"), ("--oversubscribe=refuse", "refuse")],
+)
+def test_oversubscribe(text: str, value: str) -> None:
+    assert parse_launcher_args(text).oversubscribe == value
+
+
+def test_oversubscribe_other_values_name_the_choices() -> None:
+    with pytest.raises(LauncherError) as caught:
+        parse_launcher_args("--oversubscribe never")
+    assert str(caught.value) == (
+        "cpu_launcher_args: --oversubscribe 'never'; use one of share, refuse"
+    )
+
+
+def test_core_list_allows_spaces_around_separators_only() -> None:
+    assert parse_launcher_args("--core_list '0, 2 - 3'").core_list == (0, 2, 3)
+    with pytest.raises(LauncherError, match=r"^--core_list: '1 2' is not a cpulist"):
+        parse_launcher_args("--core_list '1 2'")  # was silently CPU 12
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("--core_list 3-1", "--core_list: '3-1' is not a cpulist like 0-3,8"),
+        ("--core_list a", "--core_list: 'a' is not a cpulist like 0-3,8"),
+        ("--core_list ''", "cpu_launcher_args: --core_list is empty"),
+        ("--core_list=,", "cpu_launcher_args: --core_list is empty"),
+    ],
+)
+def test_bad_core_lists(text: str, message: str) -> None:
+    with pytest.raises(LauncherError) as caught:
+        parse_launcher_args(text)
+    assert str(caught.value) == message

@@ -151,24 +151,48 @@ def test_this_machine() -> None:
 
 
 def test_zero_workers_is_an_empty_plan(xeon: Topology) -> None:
-    result = plan(xeon, parse_launcher_args(""), 0)
+    options = parse_launcher_args("")
+    result = plan(xeon, options, 0)
     assert result.blocks == () and len(result.leftover) == 56
+    assert (result.workers, result.notes, result.options) == (0, (), options)
 
 
 @pytest.mark.parametrize(
-    ("args", "workers", "named"),
+    ("args", "workers", "message"),
     [
-        ("", 57, "57 workers need at least 57 physical cores, but only 56"),
-        ("--ninstances 2", 3, "--ninstances 2 is fewer than the 3 workers"),
-        ("--ncores_per_instance 20", 3, "--ncores_per_instance 20 x 3 workers"),
-        ("--throughput_mode", 3, "--throughput_mode gives one block per NUMA node"),
-        ("--ncores_per_instance 18 --skip_cross_node_cores", 3, "--skip_cross_node_cores"),
-        ("--core_list 200", 1, "--core_list names CPUs 200"),
+        ("", 57, "57 workers need at least 57 physical cores, but only 56 are usable (allowed: "
+                 "0-55); lower default_workers_per_model or minWorkers, or widen the cpuset"),
+        ("--ninstances 2", 3, "--ninstances 2 is fewer than the 3 workers the config asks for "
+                              "(default_workers_per_model / minWorkers)"),
+        ("--ncores_per_instance 20", 3, "--ncores_per_instance 20 x 3 workers needs 60 physical "
+                                        "cores; only 56 usable (allowed: 0-55)"),
+        ("--throughput_mode", 3, "--throughput_mode gives one block per NUMA node (2), but the "
+                                 "config asks for 3 workers; lower the workers or drop the flag"),
+        ("--ncores_per_instance 18 --skip_cross_node_cores", 3,
+         "--ncores_per_instance 18 with --skip_cross_node_cores: only 2 blocks fit inside "
+         "single nodes"),
+        ("--core_list 200", 1, "--core_list names CPUs 200 that are offline or not allowed here; "
+                               "allowed: 0-111"),
     ],
 )
-def test_errors_name_the_setting(xeon: Topology, args: str, workers: int, named: str) -> None:
-    with pytest.raises(LauncherError, match=named):
+def test_errors_name_the_setting_and_the_fix(
+    xeon: Topology, args: str, workers: int, message: str
+) -> None:
+    with pytest.raises(LauncherError) as caught:
         plan(xeon, parse_launcher_args(args), workers)
+    assert str(caught.value) == message
+
+
+def test_negative_workers_and_no_cpus_are_errors(xeon: Topology) -> None:
+    with pytest.raises(LauncherError, match=r"^workers must be >= 0, got -1$"):
+        plan(xeon, parse_launcher_args(""), -1)
+    with pytest.raises(LauncherError, match=r"^xeon: no allowed online CPUs to plan over$"):
+        plan(Topology((), source="xeon"), parse_launcher_args(""), 1)
+
+
+def test_sizes_that_exactly_fill_the_machine_are_allowed(xeon: Topology) -> None:
+    assert blocks(xeon, 2, "--ncores_per_instance 28") == [span(0, 27), span(28, 55)]
+    assert len(blocks(xeon, 2, "--ninstances 2")) == 2
 
 
 def test_explicit_block_size_that_cannot_stay_local_spans(xeon: Topology) -> None:
@@ -181,3 +205,30 @@ def test_explicit_block_size_that_cannot_stay_local_spans(xeon: Topology) -> Non
 def test_json_shape(xeon: Topology) -> None:
     data = plan(xeon, parse_launcher_args(""), 4).to_dict()
     assert data["workers"][0] == {"cpus": list(range(14)), "node": 0, "threads": 14}
+    small = plan(xeon.restrict(range(3)), parse_launcher_args("--node_id 0"), 2).to_dict()
+    assert small == {
+        "workers": [{"cpus": [0], "node": 0, "threads": 1}, {"cpus": [1], "node": 0, "threads": 1}],
+        "requested_workers": 2,
+        "leftover_cpus": [2],
+        "notes": ["1 CPUs left over: 2"],
+        "launcher_args": "--node_id 0",
+    }
+
+
+def test_notes_say_only_what_happened(xeon: Topology) -> None:
+    assert plan(xeon, parse_launcher_args(""), 4).notes == ()  # no shrink, no span, no rest
+    assert plan(xeon, parse_launcher_args(""), 1).notes == (
+        "blocks of 56 cores do not fit in one NUMA node (largest has 28 cores of one kind): "
+        "some blocks span nodes",
+    )
+
+
+def test_a_quota_below_the_cores_limits_the_blocks_and_says_so(xeon: Topology) -> None:
+    two = xeon.restrict((0, 1))
+    assert plan(two.with_quota(2.0), parse_launcher_args(""), 1).notes == ()
+    limited = plan(two.with_quota(1.5), parse_launcher_args(""), 1)
+    assert [b.cpus for b in limited.blocks] == [(0,)]
+    assert limited.notes == (
+        "cgroup CPU quota 1.5 CPUs: blocks use 1 of 2 allowed cores so threads are not throttled",
+        "1 CPUs left over: 1",
+    )

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import stat
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from torchserve_cpu.launcher.balance import Pool
 from torchserve_cpu.launcher.errors import LauncherError
+from torchserve_cpu.launcher.lscpu import read_lscpu
 from torchserve_cpu.launcher.procfs import start_time
-from torchserve_cpu.launcher.registry import Registry, read_entries
+from torchserve_cpu.launcher.registry import (
+    REGISTRY_ENV,
+    Registry,
+    default_directory,
+    read_entries,
+)
 from torchserve_cpu.launcher.topology import Cpu, Topology
+
+DATA = Path(__file__).resolve().parents[2] / "data" / "topologies"
 
 
 def machine(cpus: int) -> Topology:
@@ -61,8 +72,13 @@ def test_refused_worker_gets_the_counts_and_nothing_changes(tmp_path: Path) -> N
     registry.join(10, 1, "resnet", 99, pool(2))
     registry.join(11, 1, "resnet", 99, pool(2))
     before = registry.read()
-    with pytest.raises(LauncherError, match=r"'bert': 3 workers .* 2 allowed CPUs \(0-1"):
+    with pytest.raises(LauncherError) as caught:
         registry.join(12, 1, "bert", 99, pool(2), allow_sharing=False)
+    assert str(caught.value) == (
+        "no free core block for a worker of 'bert': 3 workers would need more blocks than the "
+        "2 allowed CPUs (0-1, cpu_launcher_args '') hold apart; lower min_worker or allow "
+        "sharing (drop --oversubscribe refuse)"
+    )
     assert registry.read() == before
 
 
@@ -92,6 +108,89 @@ def test_a_torn_file_is_treated_as_empty(tmp_path: Path) -> None:
     registry = Registry(machine(2), tmp_path, alive=lambda pid, started: True)
     registry.path.write_text("{not json")
     assert registry.join(10, 1, "a", 99, pool(2)).cpus == (0, 1)
+
+
+def test_the_directory_is_the_variable_else_dev_shm_else_tmp(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(REGISTRY_ENV, str(tmp_path))
+    assert default_directory() == tmp_path
+    monkeypatch.delenv(REGISTRY_ENV)
+    if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK):
+        assert default_directory() == Path("/dev/shm")
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # a read-only /dev/shm
+    assert default_directory() == Path(tempfile.gettempdir())
+
+
+def test_the_file_keeps_every_field(tmp_path: Path) -> None:
+    registry = Registry(machine(2), tmp_path, alive=lambda pid, started: True)
+    limited = Pool((0, 1), 1.5, "--ncores_per_instance 1")
+    for pid in (10, 11):
+        registry.join(pid, 1, "m", 99, limited)  # the quota pays for 1 core: 2 workers share
+    first = registry.join(12, 1, "other", 98, pool(2))
+    state = registry.read()
+    assert (state.next_seq, [e.seq for e in state.entries]) == (3, [0, 1, 2])
+    assert state.entries[0].pool == limited and first.model == "other" and first.frontend == 98
+    assert state.entries[0].node == 0 and state.entries[0].home == (0,)
+    assert state.notes and state.notes == Registry(machine(2), tmp_path).read().notes
+    assert any("room for 1 disjoint blocks" in note for note in state.notes)
+
+
+def test_a_file_from_before_home_and_notes_is_still_read(tmp_path: Path) -> None:
+    registry = Registry(machine(2), tmp_path, alive=lambda pid, started: True)
+    registry.join(10, 1, "a", 99, pool(2))
+    data = json.loads(registry.path.read_text())
+    del data["notes"], data["entries"][0]["home"]
+    registry.path.write_text(json.dumps(data))
+    entry = registry.read().entries[0]
+    assert (entry.key, entry.cpus, entry.home) == ((10, 1), (0, 1), ())
+
+
+def test_the_file_is_writable_by_every_user_and_written_beside_itself(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """One registry for every TorchServe on the host, whoever runs it; os.replace is atomic
+    only inside one file system, so the temporary copy is made next to the file."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmp"))
+    registry = Registry(machine(2), tmp_path / "shared", alive=lambda pid, started: True)
+    registry.join(10, 1, "a", 99, pool(2))
+    assert stat.S_IMODE(registry.path.stat().st_mode) == 0o666
+    assert [p.name for p in registry.path.parent.iterdir() if p.name.startswith(".registry")] == []
+
+
+def test_record_applied_touches_only_that_worker(tmp_path: Path) -> None:
+    registry = Registry(machine(2), tmp_path, alive=lambda pid, started: True)
+    registry.join(10, 1, "a", 99, pool(2))
+    registry.join(11, 1, "b", 99, pool(2))
+    registry.record_applied((11, 1), 1)
+    assert [e.applied_threads for e in registry.read().entries] == [None, 1]
+
+
+def test_a_survivor_that_grew_during_a_restart_goes_back_home(tmp_path: Path) -> None:
+    """What each worker holds and where it started reach the balancer (launcher.balance)."""
+    dead: set[int] = set()
+    registry = Registry(machine(2), tmp_path, alive=lambda pid, started: pid not in dead)
+    registry.join(1, 1, "m", 99, pool(2))
+    registry.join(2, 1, "m", 99, pool(2))
+    dead.add(1)  # kill -9 of the worker on core 0: 2 grows to both cores meanwhile
+    assert registry.sweep() and registry.read().find((2, 1)).cpus == (0, 1)
+    registry.join(3, 1, "m", 99, pool(2))  # TorchServe's replacement
+    seats = {e.pid: e.cpus for e in registry.read().entries}
+    assert seats == {2: (1,), 3: (0,)}
+
+
+def test_a_moved_worker_stays_where_it_is_when_a_replacement_comes(tmp_path: Path) -> None:
+    xeon = read_lscpu(DATA / "xeon-8180m-2s.lscpu")
+    dead: set[int] = set()
+    registry = Registry(xeon, tmp_path, alive=lambda pid, started: pid not in dead)
+    everything = Pool(xeon.cpu_ids, None, "")
+    for pid in (1, 2, 3, 4):
+        registry.join(pid, 1, "m", 99, everything)
+    dead.add(3)
+    registry.sweep()  # 3 blocks of 14 now: 4 leaves node 1's second block
+    moved = registry.read().find((4, 1)).cpus
+    assert moved != tuple(range(42, 56))
+    registry.join(5, 1, "m", 99, everything)
+    seats = {e.pid: e.cpus for e in registry.read().entries}
+    assert seats[4] == moved and seats[5] == tuple(range(42, 56))
 
 
 def _join_real(directory: str, barrier, results) -> None:
