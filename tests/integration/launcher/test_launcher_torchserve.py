@@ -129,3 +129,30 @@ def test_plain_torchserve_under_taskset_uses_only_cpu_1(
         assert answer["placement"].startswith("cores=1 node=0 threads=1")
     finally:
         handle.stop()
+
+
+def test_one_worker_on_a_two_core_block_runs_two_threads_on_tcmalloc(
+    probe_store: Path, tmp_path: Path
+) -> None:
+    """The default launch (tcmalloc, elastic blocks) with one worker: its block is both
+    cores, and the live process shows it: two intra-op threads, affinity {0, 1}, tcmalloc
+    mapped. Every other test here runs 1-CPU blocks, where "threads = block" is trivial."""
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    config = write_config(tmp_path, cpu_launcher_enable="true", default_workers_per_model="1")
+    handle, prepared = server.start_with_launcher(
+        config, probe_store, run_dir=tmp_path / "run", extra_env=env_with_registry(registry)
+    )
+    try:
+        handle.wait_ready(["probe"], timeout=180)
+        (pid,) = handle.worker_pids("probe")
+        answer = ask(handle)
+        assert answer["pid"] == pid
+        assert answer["threads"] == 2 and answer["affinity"] == [0, 1]
+        assert allowed_list(pid) == {0, 1}
+        assert mapped_allocator(pid) == "tcmalloc"
+        (entry,) = read_entries(registry)
+        assert list(entry.cpus) == [0, 1]
+        assert entry.threads == 2
+    finally:
+        handle.stop()
