@@ -69,6 +69,11 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("optimized-compile-bf16", HANDLER_OURS, LAUNCH_OURS, "",
                  {"optimize": "compile", "dtype": "bf16"},
                  note="torch.compile under bf16 autocast, behind the same accuracy gate"),
+        Scenario("optimized-aot", HANDLER_OURS, LAUNCH_OURS, "", {"optimize": "aot"},
+                 note="AOTInductor package compiled at archive time; the worker only loads it"),
+        Scenario("optimized-aot-bf16", HANDLER_OURS, LAUNCH_OURS, "",
+                 {"optimize": "aot", "dtype": "bf16"},
+                 note="aot with bf16 inside the graph, behind the same accuracy gate"),
     )
 }
 

@@ -9,10 +9,13 @@ presets, fallbacks and auto order are handlers.pipeline's vocabulary.
 
 from __future__ import annotations
 
+import functools
 import logging
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -28,6 +31,7 @@ from torchserve_cpu.handlers.pipeline import (
     StepContext,
     StepPlan,
     call_stage,
+    replaces_model,
     run_steps,
     set_onednn_graph,
 )
@@ -114,6 +118,26 @@ def error_summary(error: Exception) -> str:
     return f"{type(error).__name__}: {text}"[:400]
 
 
+class Eager:
+    """The eager model and its fp32 output on the example, made on first use.
+
+    A plan that replaces the model (aot) brings its own reference, so a worker serving it
+    never imports the model file nor loads the state dict (most of a cold start)."""
+
+    def __init__(self, model: nn.Module | Callable[[], nn.Module], example: ModelInputs) -> None:
+        self._load = (lambda: model) if isinstance(model, nn.Module) else model
+        self.example = example
+
+    @functools.cached_property
+    def model(self) -> nn.Module:
+        return self._load().eval()
+
+    @functools.cached_property
+    def reference(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model(*self.example).float()
+
+
 def checked_output(stage: Stage, example: ModelInputs) -> torch.Tensor:
     """The output of the graph that will serve, not of the first call.
 
@@ -123,23 +147,26 @@ def checked_output(stage: Stage, example: ModelInputs) -> torch.Tensor:
     to ipex::max_pool2d ("itensor_view_from_dense expects dense tensor input").
     """
     output = call_stage(stage, example)
-    for _ in range(PROFILED_CALLS - 1):
+    for _ in range(0 if stage.ahead_of_time else PROFILED_CALLS - 1):
         output = call_stage(stage, example)
     return output
 
 
 def optimize(
-    model: nn.Module,
+    model: nn.Module | Callable[[], nn.Module],
     example: ModelInputs,
     settings: HandlerSettings,
     ipex: IpexStatus,
     classifies: bool,
+    model_dir: Path | None = None,
 ) -> Optimized:
-    """The best candidate for `model` that agrees with its own fp32 eager outputs."""
-    model = model.eval()
-    with torch.no_grad():
-        reference = model(*example).float()
-    ctx = StepContext(example=example, ipex=ipex, channels_last=settings.channels_last)
+    """The best candidate for `model` that agrees with its own fp32 eager outputs.
+
+    `model` is the eager model or a function loading it, called only when a candidate
+    needs it; `model_dir` is the unpacked archive (where aot packages are)."""
+    eager = Eager(model, example)
+    ctx = StepContext(example=example, ipex=ipex, channels_last=settings.channels_last,
+                      model_dir=model_dir, compile_options=settings.compile_options)
     rejected: list[str] = []
     accepted: list[tuple[StepPlan, Stage, Agreement]] = []
     tried: list[Tried] = []
@@ -147,10 +174,15 @@ def optimize(
         # oneDNN Graph fusion is process-wide: off unless this plan's step turns it on
         # (optimize_for_inference graphs fail with it; IPEX plans skip it).
         set_onednn_graph(False)
+        # A model that does not load or run is the archive's fault, not a backend's: raise.
+        source = None if replaces_model(plan) else eager.model
+        if source is not None:
+            eager.reference  # noqa: B018 - computed here, outside the backend's try
         try:
-            stage = run_steps(model, plan, ctx)
-            agreement = compare(reference, checked_output(stage, example),
-                                thresholds_for(plan, settings, classifies))
+            stage = run_steps(source, plan, ctx)
+            output = checked_output(stage, example)
+            reference = stage.reference if stage.reference is not None else eager.reference
+            agreement = compare(reference, output, thresholds_for(plan, settings, classifies))
         except Exception as error:  # noqa: BLE001 - any failing backend falls back
             rejected.append(f"{plan.describe()} failed: {error_summary(error)}")
             log.warning("optimizer: %s", rejected[-1])

@@ -88,9 +88,12 @@ class OptimizingHandler(BaseHandler):
             Path(context.system_properties["model_dir"]),  # type: ignore[attr-defined]
             context.manifest,  # type: ignore[attr-defined]
             yaml_config.get("handler"),
+            pt2_section=yaml_config.get("pt2"),
         )
-        for _ in range(self.served.settings.warmup_iterations):
-            self.served(*self.served.example)
+        # A model built ahead of time ran its serving code in its check: no warm-up.
+        if not self.served.model.stage.ahead_of_time:
+            for _ in range(self.served.settings.warmup_iterations):
+                self.served(*self.served.example)
         self.initialized = True
         self._report_ready(ready_record(self.model_name, self.served,
                                         time.perf_counter() - started, self.pinned))

@@ -15,6 +15,7 @@ import copy
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -35,6 +36,12 @@ class Stage:
     applied: tuple[str, ...] = ()  # steps run, in order, skipped ones included
     skipped: tuple[str, ...] = ()  # steps that ran but changed nothing
     notes: tuple[str, ...] = ()
+    #: built before the worker started (aot): its first call is the call that serves, so
+    #: the check makes one call and the handler no warm-up
+    ahead_of_time: bool = False
+    #: eager fp32's output on the example inputs, recorded when the model was built ahead
+    #: of time: the check then needs no eager model
+    reference: torch.Tensor | None = None
 
     def then(self, step: str, module: Callable[..., torch.Tensor], note: str = "",
              **changes: bool) -> Stage:
@@ -56,6 +63,9 @@ class StepContext:
     example: ModelInputs
     ipex: IpexStatus
     channels_last: bool | None  # None: only for models with convolutions
+    model_dir: Path | None = None  # the unpacked archive (aot packages live there)
+    #: torch.compile keyword arguments from model-config.yaml's `pt2:` section
+    compile_options: Mapping[str, object] = field(default_factory=dict)
 
 
 class StepError(RuntimeError):
@@ -189,8 +199,17 @@ def step_compile(stage: Stage, ctx: StepContext) -> Stage:
     module = _as_module(stage, "compile")
     module.requires_grad_(False)
     # Freezing lets inductor fold weights and prepack them for oneDNN, as jit.freeze does.
-    compiled = torch.compile(module, backend="inductor", options={"freezing": True})
+    options = dict(ctx.compile_options)
+    options["options"] = {"freezing": True, **dict(options.get("options") or {})}
+    compiled = torch.compile(module, **{"backend": "inductor", **options})
     return stage.then("compile", compiled, autocast=stage.bf16)
+
+
+def step_aot(stage: Stage, ctx: StepContext) -> Stage:
+    """The archive's AOTInductor package (handlers.aot): loaded, never compiled here."""
+    from torchserve_cpu.handlers.aot import load_stage  # AOTInductor's loader: only here
+
+    return load_stage(stage, ctx)
 
 
 @dataclass(frozen=True)
@@ -203,6 +222,9 @@ class Step:
     #: earlier steps that, when they took effect, make this one pointless or harmful: the
     #: runner skips it and notes the reason
     skipped_after: Mapping[str, str] = field(default_factory=dict)
+    #: builds its module from the archive, not from the model before it: a plan starting
+    #: with it never loads the eager model
+    replaces_module: bool = False
 
 
 STEPS: dict[str, Step] = {
@@ -223,6 +245,7 @@ STEPS: dict[str, Step] = {
         step_optimize_for_inference,
         skipped_after={"onednn_graph": "oneDNN Graph fusion is on; they conflict"}),
     "compile": Step(step_compile),
+    "aot": Step(step_aot, copies_module=True, replaces_module=True),
 }
 
 PRESET_STEPS: dict[str, tuple[str, ...]] = {
@@ -232,10 +255,15 @@ PRESET_STEPS: dict[str, tuple[str, ...]] = {
     # the TorchScript path without oneDNN Graph: the fallback when fusion fails
     "jit": ("ipex_or_native", "channels_last", "trace", "freeze", "optimize_for_inference"),
     "compile": ("native", "channels_last", "compile"),
+    # the archive's AOTInductor package (built by model_store.build --aot / handlers.aot)
+    "aot": ("aot",),
 }
 AUTO = "auto"  # build every preset of AUTO_ORDER, keep the fastest that agrees with eager
 AUTO_ORDER = ("default", "compile", "eager")
-FALLBACKS: dict[str, tuple[str, ...]] = {"default": ("jit",)}  # tried, in order, before eager
+FALLBACKS: dict[str, tuple[str, ...]] = {  # tried, in order, before eager
+    "default": ("jit",),
+    "aot": ("default", "jit"),
+}
 #: what `handler.optimize` accepts besides a list of steps
 PRESET_NAMES = (*PRESET_STEPS, AUTO)
 
@@ -253,8 +281,14 @@ class StepPlan:
         return f"{self.name}[{steps}]{' bf16' if self.bf16 else ''}"
 
 
-def run_steps(model: nn.Module, plan: StepPlan, ctx: StepContext) -> Stage:
-    """Apply the plan's steps in order to (a copy of) `model`."""
+def replaces_model(plan: StepPlan) -> bool:
+    """The plan builds its model without the eager one (it need not be loaded)."""
+    return bool(plan.steps) and STEPS[plan.steps[0]].replaces_module
+
+
+def run_steps(model: nn.Module | None, plan: StepPlan, ctx: StepContext) -> Stage:
+    """Apply the plan's steps in order to (a copy of) `model` (None: a plan that
+    `replaces_model`)."""
     stage = Stage(module=model, bf16=plan.bf16, autocast=plan.bf16)
     if plan.steps and not STEPS[plan.steps[0]].copies_module:
         # Steps mutate modules in place (channels-last, requires_grad): copy first.

@@ -1,6 +1,7 @@
 """Build the model a worker serves from an unpacked archive, in one place.
 
-settings -> task -> load -> example inputs -> IPEX probe -> optimize. The handler, the
+settings -> task -> example inputs -> IPEX probe -> optimize, which loads the eager
+model when a candidate needs it (an aot package does not). The handler, the
 stock baseline (benchmarks/stock_handler.py) and the benchmarks' raw loop
 (benchmarks/reference.py) all build through `build_served_model`, so a served/raw ratio
 compares the very same model and the baseline differs only by the options it passes.
@@ -17,6 +18,7 @@ import torch
 from torchserve_cpu.handlers.ipex_support import IpexStatus, probe_ipex
 from torchserve_cpu.handlers.loading import load_model
 from torchserve_cpu.handlers.optimizer import Optimized, optimize
+from torchserve_cpu.handlers.pt2_section import apply_pt2
 from torchserve_cpu.handlers.settings import HandlerSettings, parse_settings
 from torchserve_cpu.handlers.tasks import ModelInputs, Task, make_task
 
@@ -45,20 +47,22 @@ def build_served_model(
     *,
     optimized: bool = True,
     ipex: IpexStatus | None = None,
+    pt2_section: object = None,
 ) -> ServedModel:
     """The model an archive's worker serves.
 
-    `handler_section` is model-config.yaml's `handler:` mapping. `optimized=False` keeps
+    `handler_section` is model-config.yaml's `handler:` mapping, `pt2_section` its `pt2:`
+    (handlers.pt2_section: mapped onto the settings or refused). `optimized=False` keeps
     the eager fp32 model as loaded, whatever the section asks (the stock baseline), and
     skips the IPEX probe. `ipex` replaces the probe (tests, IPEX-vs-native comparisons).
     """
-    settings = parse_settings(handler_section)
+    settings = apply_pt2(parse_settings(handler_section), pt2_section, handler_section)
     if not optimized:
         settings = replace(settings, optimize="eager", dtype="fp32")
     task = make_task(settings, model_dir)
-    eager = load_model(model_dir, dict(manifest))
     example = task.example_inputs(settings.example_batch_size)
     if ipex is None:
         ipex = probe_ipex() if optimized else NOT_PROBED
-    model = optimize(eager, example, settings, ipex, task.classifies)
+    model = optimize(lambda: load_model(model_dir, dict(manifest)), example, settings, ipex,
+                     task.classifies, model_dir)
     return ServedModel(settings, task, model, ipex, example)

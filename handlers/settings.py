@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 
 DTYPES = ("fp32", "bf16")
 TRUNCATION = ("truncate", "reject")
@@ -47,6 +48,13 @@ class HandlerSettings:
     emit_itt: bool = False
     # model kind: None lets the handler decide (conv nets get channels-last)
     channels_last: bool | None = None
+    # aot: the largest batch the package is compiled for (its batch dimension is dynamic,
+    # 1..aot_max_batch); fixed when the archive is built (handlers.aot_build)
+    aot_max_batch: int = 32
+    # torch.compile keyword arguments, from model-config.yaml's `pt2:` section
+    # (handlers.pt2_section), not from `handler:`
+    compile_options: Mapping[str, object] = field(
+        default_factory=lambda: MappingProxyType({}))
 
 
 def _check_choice(key: str, value: object, choices: tuple[str, ...]) -> str:
@@ -118,6 +126,7 @@ _INT_KEYS = {
     "resize_size": 8,
     "max_image_pixels": 1,
     "max_length": 2,
+    "aot_max_batch": 1,
 }
 _BOOL_KEYS = ("itt_ranges", "emit_itt")
 

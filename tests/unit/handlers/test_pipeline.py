@@ -45,7 +45,7 @@ def test_every_name_in_the_vocabulary_is_defined() -> None:
     assert all(name in PRESET_STEPS for chain in FALLBACKS.values() for name in chain)
     assert all(name in PRESET_STEPS for name in FALLBACKS)
     assert all(earlier in STEPS for step in STEPS.values() for earlier in step.skipped_after)
-    assert PRESET_NAMES == ("eager", "default", "jit", "compile", "auto")
+    assert PRESET_NAMES == ("eager", "default", "jit", "compile", "aot", "auto")
 
 
 def test_settings_accept_exactly_the_vocabulary() -> None:
