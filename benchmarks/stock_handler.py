@@ -20,7 +20,8 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from benchmarks.scenarios import THREADS_ENV
-from torchserve_cpu.handlers.optimizing_handler import header, request_body
+from torchserve_cpu.handlers.envelopes import request_headers
+from torchserve_cpu.handlers.optimizing_handler import request_payload
 from torchserve_cpu.handlers.served_model import build_served_model
 from torchserve_cpu.handlers.tasks import ModelInputs
 
@@ -44,8 +45,8 @@ class StockHandler(BaseHandler):
 
     def preprocess(self, data: list[dict]) -> ModelInputs:
         task = self.served.task
-        return task.collate([task.decode(request_body(row), header(self.context, index,
-                                                                    "content-type"))
+        headers = request_headers(self.context)
+        return task.collate([task.decode(*request_payload(row, headers[index]))
                              for index, row in enumerate(data)])
 
     def inference(self, data: ModelInputs, *args: object, **kwargs: object) -> torch.Tensor:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -144,9 +145,13 @@ class OptimizingHandler(BaseHandler):
         samples, indices, errors = [], [], {}
         for index, item in enumerate(items):
             origin = origins[index] if origins else None
-            content_type = header(self.context, origin.request, "content-type") if origin else None
             try:
-                body = instance_body(item) if enveloped else request_body(item)
+                if enveloped:  # instances of the envelope's JSON: the request's type is theirs
+                    body = instance_body(item)
+                    content_type = header(self.context, origin.request, "content-type") \
+                        if origin else None
+                else:  # row i is request i
+                    body, content_type = request_payload(item, headers[index])
                 samples.append(task.decode(body, content_type))
                 indices.append(index)
             except BadInput as error:
@@ -215,9 +220,29 @@ def ready_record(model_name: str, served: ServedModel, load_s: float,
     )
 
 
-def request_body(row: dict) -> object:
-    """A request's payload as TorchServe passes it: "data" (form field) or "body"."""
-    body = row.get("data") if row.get("data") is not None else row.get("body")
-    if body is None:
-        raise BadInput("empty request body")
-    return body
+PAYLOAD_NAMES = ("data", "body")  # a form's field named as in TorchServe's docs; a raw body
+
+
+def request_payload(row: Mapping[str, object],
+                    properties: Mapping[str, object]) -> tuple[object, str | None]:
+    """A request's payload and the content type that describes it, as TorchServe passes them.
+
+    A raw body is the parameter "body". A multipart/form-data upload (a browser form,
+    `curl -F data=@cat.jpg`) arrives already taken apart: one parameter per form field,
+    under the field's name, holding the file's bytes (a bytearray; a text/* part as str, an
+    application/json part parsed when it parses). Each parameter's own content type is in
+    the request's properties under its name, `{"data": {"content-type": "image/png"}}`: the
+    request's for a raw body, the part's for a form field (empty for a field without a
+    file), while the request's own Content-Type is multipart/form-data (seen on TorchServe
+    0.12; ts/service.py retrieve_data_for_inference).
+    """
+    name = next((name for name in PAYLOAD_NAMES if row.get(name) is not None), None)
+    if name is None:
+        fields = [name for name in row if name not in PAYLOAD_NAMES]
+        if not fields:
+            raise BadInput("empty request body")
+        raise BadInput(f"no form field named data (got {', '.join(fields)}): send the file as "
+                       "field data (curl -F data=@cat.jpg), or as the request body")
+    own = properties.get(name)
+    content_type = own.get("content-type") if isinstance(own, Mapping) else None
+    return row[name], str(content_type) if content_type else None

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 
 DTYPES = ("fp32", "bf16")
+# ImageNet's per-channel mean and std (torchvision's 0.485, ... and 0.229, ... times 255)
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
 TRUNCATION = ("truncate", "reject")
 
 
@@ -40,6 +43,9 @@ class HandlerSettings:
     image_size: int = 224
     resize_size: int = 256
     max_image_pixels: int = 40_000_000
+    # model input = (pixel - mean) / std per channel R, G, B, on 0..255 pixel values
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     # text
     max_length: int = 128
     truncation: str = "truncate"
@@ -73,6 +79,18 @@ def _check_bool(key: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"handler.{key}: expected true or false, got {value!r}")
     return value
+
+
+def _check_channels(key: str, value: object) -> tuple[float, float, float]:
+    """Three numbers, R, G, B; a std must be >= 1 since it is on 0..255 pixel values."""
+    if not (isinstance(value, list) and len(value) == 3 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+        raise ValueError(f"handler.{key}: expected three numbers [R, G, B], got {value!r}")
+    if key == "std" and min(value) < 1:
+        # Dividing by less than one pixel level is never meant: torchvision's 0..1 values.
+        raise ValueError(f"handler.std: {value!r} looks like a 0..1 scale; mean and std are "
+                         "on 0..255 pixel values (multiply torchvision's by 255)")
+    return (float(value[0]), float(value[1]), float(value[2]))
 
 
 def _check_task(value: object) -> str:
@@ -129,6 +147,7 @@ _INT_KEYS = {
     "aot_max_batch": 1,
 }
 _BOOL_KEYS = ("itt_ranges", "emit_itt")
+_CHANNEL_KEYS = ("mean", "std")
 
 
 def parse_settings(section: Mapping[str, object] | None) -> HandlerSettings:
@@ -153,11 +172,13 @@ def parse_settings(section: Mapping[str, object] | None) -> HandlerSettings:
             values[key] = _check_int(key, raw, _INT_KEYS[key])
         elif key in _BOOL_KEYS:
             values[key] = _check_bool(key, raw)
+        elif key in _CHANNEL_KEYS:
+            values[key] = _check_channels(key, raw)
         elif key == "channels_last":
             values[key] = None if raw in (None, "auto") else _check_bool(key, raw)
         else:
-            known = sorted([*_INT_KEYS, *_BOOL_KEYS, "task", "optimize", "dtype", "truncation",
-                            "accuracy_gate", "channels_last"])
+            known = sorted([*_INT_KEYS, *_BOOL_KEYS, *_CHANNEL_KEYS, "task", "optimize", "dtype",
+                            "truncation", "accuracy_gate", "channels_last"])
             raise ValueError(f"handler.{key}: unknown key; keys are {', '.join(known)}")
     settings = HandlerSettings(**values)  # type: ignore[arg-type]
     if settings.resize_size < settings.image_size:

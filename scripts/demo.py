@@ -1,8 +1,12 @@
-"""The main job: serve ResNet-50 through the optimizing handler on pinned workers, drive it.
+"""The main job: ask a real classifier about real photos, then serve ResNet-50 through the
+optimizing handler on pinned workers and drive it.
 
-Builds the model store, starts TorchServe on 127.0.0.1 through the launcher (each worker
-on its own cores, tcmalloc preloaded), waits for READY, sends real requests and prints
-the answers, runs a short apache-bench load (ab -k), shows `launcher doctor`, stops.
+Builds the model store; starts TorchServe on 127.0.0.1 through the launcher (each worker
+on its own cores, tcmalloc preloaded) with EfficientNet-Lite0 (real ImageNet weights),
+asks it what is in two real photos (scikit-image's chelsea.png and coffee.png, read from
+the installed package) and stops; starts it again with ResNet-50 (random weights: the
+speed benchmark, alone on the cores), sends real requests and prints the answers, runs a
+short apache-bench load (ab -k), shows `launcher doctor`, stops.
 """
 
 from __future__ import annotations
@@ -13,14 +17,55 @@ import json
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from benchmarks.ab import AbLoad, run_ab
-from benchmarks.loopback_torchserve import post, start_with_launcher
-from torchserve_cpu.model_store.build import DEFAULT_OUT, STORE_DIR, build_archive
-
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a file: the harness (benchmarks/) is not installed
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.ab import AbLoad, run_ab  # noqa: E402
+from benchmarks.loopback_torchserve import TorchServe, post, start_with_launcher  # noqa: E402
+from torchserve_cpu.model_store.build import DEFAULT_OUT, STORE_DIR, build_archive  # noqa: E402
+
 IMAGE = STORE_DIR / "samples" / "shapes.jpg"
+CLASSIFIER = "efficientnet_lite0"
+
+
+def photo(name: str) -> Path:
+    """A photo that ships inside the scikit-image wheel (its `data` folder; no download)."""
+    try:
+        import skimage
+    except ImportError:
+        raise SystemExit("the demo's photos come with scikit-image: "
+                         "pip install 'torchserve-cpu[demo]'") from None
+    return Path(skimage.__file__).parent / "data" / name
+
+
+@contextmanager
+def serving(config: Path, model: str) -> Iterator[TorchServe]:
+    """TorchServe through the launcher with one model, READY, stopped on the way out."""
+    run_dir = Path(tempfile.mkdtemp(prefix="torchserve-demo-"))
+    print(f"== starting TorchServe ({config.name}) with {model}; logs in {run_dir}/logs")
+    ts, _ = start_with_launcher(config, DEFAULT_OUT, [f"{model}.mar"], run_dir=run_dir)
+    try:
+        ts.wait_ready([model], timeout=600)
+        print(f"  READY at {ts.inference_url}")
+        for line in (ts.log_dir / "model_log.log").read_text().splitlines():
+            if "worker placement:" in line or " ready model=" in line:
+                print("  " + line.split("- ", 1)[-1][:230])
+        yield ts
+    finally:
+        print("== stopping TorchServe")
+        ts.stop()
+        print("  stopped" if not ts.alive() else "  still running!")
+
+
+def top_classes(body: bytes) -> str:
+    """`Egyptian cat 0.38, tiger cat 0.38, ...` from a classifier's answer."""
+    return ", ".join(f"{entry['label']} {entry['probability']:.2f}"
+                     for entry in json.loads(body)["topk"])
 
 
 def show(title: str, reply_status: int, body: bytes) -> None:
@@ -39,20 +84,20 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args()
 
+    photos = [photo("chelsea.png"), photo("coffee.png")]
     print("== building model store")
-    archive = build_archive("resnet50", DEFAULT_OUT)
-    print(f"  {archive}")
-    run_dir = Path(tempfile.mkdtemp(prefix="torchserve-demo-"))
-    print(f"== starting TorchServe ({args.config.name}); logs in {run_dir}/logs")
-    ts, prepared = start_with_launcher(args.config, DEFAULT_OUT, ["resnet50.mar"], run_dir=run_dir)
-    try:
-        ts.wait_ready(["resnet50"], timeout=600)
-        print(f"  READY at {ts.inference_url}")
-        for line in (ts.log_dir / "model_log.log").read_text().splitlines():
-            if "worker placement:" in line or " ready model=" in line:
-                print("  " + line.split("- ", 1)[-1][:230])
+    for model in (CLASSIFIER, "resnet50"):
+        print(f"  {build_archive(model, DEFAULT_OUT)}")
+    with serving(args.config, CLASSIFIER) as ts:
+        print(f"== real photos: {CLASSIFIER} (ImageNet weights), top-5")
+        for path in photos:
+            reply = post(f"{ts.inference_url}/predictions/{CLASSIFIER}", path.read_bytes(),
+                         "image/png")
+            answer = top_classes(reply.body) if reply.status == 200 else reply.body.decode()
+            print(f"  {path.name:<12} HTTP {reply.status}  {answer}")
+    with serving(args.config, "resnet50") as ts:
         url = f"{ts.inference_url}/predictions/resnet50"
-        print("== requests")
+        print("== requests: resnet50 (random weights: the speed benchmark)")
         reply = post(url, IMAGE.read_bytes(), "image/jpeg")
         show("shapes.jpg (image/jpeg)", reply.status, reply.body)
         png = (STORE_DIR / "samples" / "shapes.png").read_bytes()
@@ -72,11 +117,7 @@ def main() -> int:
         doctor = subprocess.run([sys.executable, "-m", "torchserve_cpu.launcher", "doctor"],
                                 capture_output=True, text=True, check=False)
         print("  " + doctor.stdout.strip().replace("\n", "\n  "))
-        return 0 if result.errors == 0 else 1
-    finally:
-        print("== stopping TorchServe")
-        ts.stop()
-        print("  stopped" if not ts.alive() else "  still running!")
+    return 0 if result.errors == 0 else 1
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Image classification: JPEG/PNG bytes (or base64 in JSON) -> normalized tensor -> top-k.
 
-Pre-processing is a large share of a served request at batch 1, so it is kept cheap:
-JPEG draft mode decodes at a reduced scale close to the resize target, and the uint8
-HWC pixels become the model's channels-last input without a layout copy.
+Any image Pillow opens becomes upright 8-bit RGB first (handlers.tasks.pixels: EXIF
+orientation, 16-bit, transparency, CMYK). Pre-processing is a large share of a served
+request at batch 1, so it is kept cheap: JPEG draft mode decodes at a reduced scale close
+to the resize target, one resize call both scales and crops, and the uint8 HWC pixels
+become the model's channels-last input without a layout copy.
 """
 
 from __future__ import annotations
@@ -21,9 +23,8 @@ from PIL import Image, UnidentifiedImageError
 from torchserve_cpu.handlers.errors import BadInput
 from torchserve_cpu.handlers.settings import HandlerSettings
 from torchserve_cpu.handlers.tasks.labels import read_labels
+from torchserve_cpu.handlers.tasks.pixels import upright_rgb
 
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
 IMAGE_TYPES = ("image/", "application/octet-stream", "application/json", "text/plain")
 
 
@@ -69,9 +70,11 @@ class ImageClassification:
     def __init__(self, settings: HandlerSettings, model_dir: Path) -> None:
         self.settings = settings
         self.labels = read_labels(model_dir)
+        self.mean = torch.tensor(settings.mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(settings.std).view(1, 3, 1, 1)
 
     def decode(self, body: object, content_type: str | None) -> np.ndarray:
-        """HxWx3 uint8 pixels of the centre crop."""
+        """HxWx3 uint8 RGB pixels of the centre crop, upright."""
         data = image_bytes(body, content_type)
         if not data:
             raise BadInput("empty request body: send an image")
@@ -86,8 +89,9 @@ class ImageClassification:
                                    f"{self.settings.max_image_pixels} pixels", 413)
                 if image.format == "JPEG":
                     image.draft("RGB", (resize, resize))
+                image = upright_rgb(image)
                 box = center_crop_box(*image.size, resize, size)
-                image = image.convert("RGB").resize((size, size), Image.BILINEAR, box=box)
+                image = image.resize((size, size), Image.BILINEAR, box=box)
         except BadInput:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -104,7 +108,7 @@ class ImageClassification:
     def collate(self, samples: list[np.ndarray]) -> tuple[torch.Tensor]:
         # NHWC uint8 viewed as NCHW is already channels-last; float ops keep that layout.
         pixels = torch.from_numpy(np.stack(samples)).permute(0, 3, 1, 2)
-        return ((pixels.float() - MEAN) / STD,)
+        return ((pixels.float() - self.mean) / self.std,)
 
     def example_inputs(self, batch_size: int) -> tuple[torch.Tensor]:
         generator = torch.Generator().manual_seed(0)

@@ -31,12 +31,30 @@ def frontend_request(index: int, body: object, content_type: str = "application/
     }
 
 
+def form_request(index: int, fields: list[tuple[str, str, object]]) -> dict:
+    """A multipart/form-data request as the frontend sends it to a worker: one parameter
+    per form field (name, the part's content type, its value: a file's bytes, a text/*
+    part decoded to str), the request's own Content-Type multipart (seen on TorchServe
+    0.12 with `curl -F data=@cat.png`)."""
+    content_type = b"multipart/form-data; boundary=------------------------74c3e2"
+    return {
+        "requestId": f"request-{index}".encode(),
+        "parameters": [{"name": name, "contentType": part_type, "value": value}
+                       for name, part_type, value in fields],
+        "headers": [{"name": b"Content-Type", "value": content_type}],
+    }
+
+
 def torchserve_call(bodies: list[object], content_type: str = "application/json",
                     name: str = "body", context: Context | None = None) -> tuple[list, Context]:
     """The rows and context TorchServe hands the entry point for a batch of these bodies
     (`context`: a worker's context to reuse, as TorchServe reuses it for every batch)."""
-    batch = [frontend_request(index, body, content_type, name)
-             for index, body in enumerate(bodies)]
+    return torchserve_batch([frontend_request(index, body, content_type, name)
+                             for index, body in enumerate(bodies)], context)
+
+
+def torchserve_batch(batch: list[dict], context: Context | None = None) -> tuple[list, Context]:
+    """The rows and context TorchServe hands the entry point for these frontend requests."""
     headers, rows, request_ids = Service.retrieve_data_for_inference(batch)
     context = context or worker_context("m", "/tmp", MANIFEST)
     context.request_processor = headers

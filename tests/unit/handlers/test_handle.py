@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 from torch.profiler import ProfilerActivity
 
-from tests.support.torchserve_calls import call, handler_times, png, tiny_model_context
+from tests.support.torchserve_calls import (
+    call,
+    form_request,
+    handler_times,
+    png,
+    tiny_model_context,
+    torchserve_batch,
+)
 from torchserve_cpu.handlers import optimizing_handler
 from torchserve_cpu.handlers.optimizing_handler import OptimizingHandler
 from torchserve_cpu.handlers.served_record import read_records
@@ -82,3 +89,19 @@ def test_ready_line_and_record_say_what_is_served(handler: OptimizingHandler,
         ("tiny", "eager[eager]", "eager", "fp32")
     assert record.ipex == handler.served.ipex.reason and record.placement is None
     assert record.load_s > 0 and record.affinity and record.rejected == ()
+
+
+def test_multipart_form_upload_is_answered_as_the_raw_body(handler: OptimizingHandler) -> None:
+    """A browser form / `curl -F data=@cat.png`: the request is multipart/form-data, the
+    file part is image/png (the 415 this used to get came from the request's type)."""
+    raw, _ = call(handler, [png((200, 30, 30))])
+    rows, context = torchserve_batch([
+        form_request(0, [("data", "image/png", bytearray(png((200, 30, 30))))]),
+        form_request(1, [("data", "application/octet-stream", bytearray(png((200, 30, 30)))),
+                         ("note", "", bytearray(b"from a form"))]),
+        form_request(2, [("file", "image/png", bytearray(png((200, 30, 30))))]),
+    ], handler.context)
+    answers = handler.handle(rows, context)
+    assert answers[:2] == [raw[0], raw[0]]
+    assert [context.get_response_status(i)[0] for i in range(3)] == [200, 200, 400]
+    assert "no form field named data (got file)" in answers[2]["error"]

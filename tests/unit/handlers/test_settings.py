@@ -52,3 +52,16 @@ def test_make_task_names_the_key_and_choices_for_an_unknown_task(tmp_path) -> No
     with pytest.raises(ValueError, match=r"handler\.task: 'speech' is not one of ") as error:
         make_task(HandlerSettings(task="speech"), tmp_path)
     assert all(name in str(error.value) for name in TASKS)
+
+
+def test_mean_and_std_are_per_channel_pixel_values() -> None:
+    assert (HandlerSettings().mean, HandlerSettings().std) == \
+        ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))  # ImageNet's
+    settings = parse_settings({"mean": [127, 127, 127], "std": [128, 128.0, 128]})
+    assert (settings.mean, settings.std) == ((127.0,) * 3, (128.0,) * 3)
+    for section, message in (({"mean": [1, 2]}, r"handler\.mean: expected three numbers"),
+                             ({"std": "imagenet"}, r"handler\.std: expected three numbers"),
+                             ({"mean": [1, True, 2]}, r"handler\.mean"),
+                             ({"std": [0.229, 0.224, 0.225]}, r"handler\.std: .* 0\.\.1 scale")):
+        with pytest.raises(ValueError, match=message):
+            parse_settings(section)
