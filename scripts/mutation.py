@@ -1,7 +1,8 @@
 """Mutation testing of the core modules with mutmut, outside the repo.
 
     bash scripts/mutation.sh [launcher|handlers ...] [--max-children 1] [--keep DIR]
-                             [--out FILE] [--fail-under PCT]
+                             [--out FILE] [--fail-under PCT] [--only MODULE ...]
+                             [--commit REV]
 
 Why a staging tree: mutmut 3 copies the sources into `mutants/` and names every mutant
 after its file's path (`launcher/planner.py` -> `launcher.planner`), while the tests
@@ -15,6 +16,11 @@ sys.path, and Python's PathFinder (first in sys.meta_path) finds the mutated
 `torchserve_cpu/<part>` before setuptools' editable finder (appended after it) is asked.
 mutmut's forced-fail check then proves the tests run the mutated copy: it makes every
 trampoline raise and stops the run if no test fails.
+
+`--only optimizer accuracy` mutates only those modules of the part (`tasks` names the
+folder's entry). `--commit HEAD` stages the part, its tests and the config from that
+commit instead of the working tree: others' uncommitted edits in a shared checkout then
+neither get mutated nor break the tests.
 
 Nothing is written in the checkout unless --out names a file there. The staging folder is
 deleted afterwards unless --keep names one (then `cd DIR && mutmut show <name>` works).
@@ -48,12 +54,40 @@ KILLED = {1, 3}
 TIMEOUT = {36, 24, -24, 152, 255}
 SURVIVED = {0}
 NO_TESTS = {5, 33}
+# Settings a part's tests need on top of [tool.mutmut]. The handler tests run torch: with
+# mutmut's default "fork" isolation every mutant is forked from the process that ran the
+# whole suite (torch's OpenMP pool started), and the children hang until their timeout
+# (seen: every mutant after the first few "timed out", sleeping at 0% CPU). The fork
+# server forks from a process that only collected the tests.
+PART_SETTINGS = {"handlers": {"process_isolation": "forkserver"}}
 
 
-def repo_config() -> tuple[dict, dict[str, str]]:
+def repo_config(source: Path = REPO) -> tuple[dict, dict[str, str]]:
     """The repo's [tool.mutmut] and its package-dir map (import path -> folder)."""
-    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    data = tomllib.loads((source / "pyproject.toml").read_text())
     return data["tool"]["mutmut"], data["tool"]["setuptools"]["package-dir"]
+
+
+def module_name(entry: str, part: str) -> str:
+    """An only_mutate entry's module name: `torchserve_cpu/handlers/tasks/*` -> `tasks`."""
+    rest = entry.removeprefix(f"{NAMESPACE}/{part}/")
+    return rest.removesuffix("/*").removesuffix(".py")
+
+
+def only_modules(config: dict, parts: list[str], modules: list[str]) -> dict:
+    """The config with only_mutate cut down to the named modules of `parts`."""
+    kept = [entry for entry in config["only_mutate"]
+            if any(module_name(entry, part) in modules for part in parts)]
+    return {**config, "only_mutate": kept}
+
+
+def export(rev: str) -> Path:
+    """The files of commit `rev` (git archive), unpacked in a temporary folder."""
+    into = Path(tempfile.mkdtemp(prefix="tscpu-mutation-source-"))
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
 
 
 def parts_in(config: dict) -> list[str]:
@@ -72,6 +106,8 @@ def narrowed(config: dict, parts: list[str]) -> dict:
         p for p in config["pytest_add_cli_args_test_selection"] if p.startswith(tests)
     ]
     staged["use_git_change_detection"] = False  # the staging folder is not a checkout
+    for part in parts:
+        staged.update(PART_SETTINGS.get(part, {}))
     return staged
 
 
@@ -94,15 +130,17 @@ def without_section(text: str, name: str) -> str:
     return "".join(out)
 
 
-def stage(root: Path, parts: list[str], config: dict, package_dir: dict[str, str]) -> None:
-    """The layout mutmut and the tests expect, built from the checkout under `root`."""
+def stage(root: Path, parts: list[str], config: dict, package_dir: dict[str, str],
+          source: Path = REPO) -> None:
+    """The layout mutmut and the tests expect, built from `source` (the checkout, or an
+    exported commit) under `root`. `config` is already narrowed."""
     for part in parts:
-        source = REPO / package_dir[f"{NAMESPACE}.{part}"]
-        shutil.copytree(source, root / NAMESPACE / part, ignore=IGNORE)
+        folder = source / package_dir[f"{NAMESPACE}.{part}"]
+        shutil.copytree(folder, root / NAMESPACE / part, ignore=IGNORE)
     for folder in ("tests", "scripts"):  # test_allocators reads scripts/setup.sh
-        shutil.copytree(REPO / folder, root / folder, ignore=IGNORE)
-    text = without_section((REPO / "pyproject.toml").read_text(), "tool.mutmut")
-    staged = toml_section("tool.mutmut", narrowed(config, parts))
+        shutil.copytree(source / folder, root / folder, ignore=IGNORE)
+    text = without_section((source / "pyproject.toml").read_text(), "tool.mutmut")
+    staged = toml_section("tool.mutmut", config)
     (root / "pyproject.toml").write_text(text.rstrip("\n") + "\n\n" + staged)
 
 
@@ -177,8 +215,7 @@ def report(root: Path, found: dict, seconds: float, parts: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config, package_dir = repo_config()
-    known = parts_in(config)
+    known = parts_in(repo_config()[0])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("parts", nargs="*", metavar="part",
                         help=f"what to mutate (default: launcher; known: {', '.join(known)})")
@@ -188,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the summary to this file")
     parser.add_argument("--fail-under", type=float, default=0.0,
                         help="exit 1 when a module scores below this percentage")
+    parser.add_argument("--only", nargs="+", metavar="MODULE", default=[],
+                        help="mutate only these modules of the part (optimizer, tasks, ...)")
+    parser.add_argument("--commit", metavar="REV",
+                        help="stage from this commit instead of the working tree")
     args = parser.parse_args(argv)
     parts = args.parts or ["launcher"]
     unknown = sorted(set(parts) - set(known))
@@ -200,8 +241,18 @@ def main(argv: list[str] | None = None) -> int:
         root = args.keep.resolve()
     else:
         root = Path(tempfile.mkdtemp(prefix="tscpu-mutation-"))
+    source = REPO
     try:
-        stage(root, parts, config, package_dir)
+        source = export(args.commit) if args.commit else REPO
+        config, package_dir = repo_config(source)
+        config = narrowed(config, parts)
+        if args.only:
+            config = only_modules(config, parts, args.only)
+            names = {module_name(e, part) for e in config["only_mutate"] for part in parts}
+            if set(args.only) - names:
+                parser.error(f"--only {' '.join(sorted(set(args.only) - names))}: not in "
+                             "[tool.mutmut] only_mutate for " + ", ".join(parts))
+        stage(root, parts, config, package_dir, source)
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         started = time.monotonic()
         run = subprocess.run(
@@ -213,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mutation: mutmut run failed ({run.returncode}); --keep DIR keeps the "
                   "staging folder to look into", file=sys.stderr)
             return run.returncode
-        patterns = narrowed(config, parts)["only_mutate"]
+        patterns = config["only_mutate"]
         found = results(root, patterns)
         summary = report(root, found, seconds, parts)
         print(summary)
@@ -235,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
+        if source != REPO:
+            shutil.rmtree(source, ignore_errors=True)
 
 
 if __name__ == "__main__":
