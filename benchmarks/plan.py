@@ -38,6 +38,8 @@ MODEL_CASES: dict[str, ModelCase] = {
         ModelCase("resnet50", "resnet50", 1, SAMPLES / "shapes.jpg", "image/jpeg"),
         ModelCase("resnet50-b8", "resnet50", 8, SAMPLES / "shapes.jpg", "image/jpeg"),
         ModelCase("bert", "bert", 1, SAMPLES / "sentence.txt", "text/plain"),
+        ModelCase("efficientnet_lite0", "efficientnet_lite0", 1, SAMPLES / "shapes.jpg",
+                  "image/jpeg"),
     )
 }
 

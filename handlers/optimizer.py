@@ -21,11 +21,13 @@ import torch
 from torch import nn
 
 from torchserve_cpu.handlers.accuracy import FP32_THRESHOLDS, Agreement, compare
+from torchserve_cpu.handlers.archive_inputs import CheckInputs
 from torchserve_cpu.handlers.ipex_support import IpexStatus
 from torchserve_cpu.handlers.pipeline import (
     AUTO,
     AUTO_ORDER,
     FALLBACKS,
+    INT8_PLAN,
     PRESET_STEPS,
     Stage,
     StepContext,
@@ -35,7 +37,7 @@ from torchserve_cpu.handlers.pipeline import (
     run_steps,
     set_onednn_graph,
 )
-from torchserve_cpu.handlers.settings import GateThresholds, HandlerSettings
+from torchserve_cpu.handlers.settings import GATE_OFF, GateThresholds, HandlerSettings
 from torchserve_cpu.handlers.tasks import ModelInputs
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ PROFILED_CALLS = 3  # calls before TorchScript's profiling executor runs the opt
 
 def plan_dtype(plan: StepPlan) -> str:
     """The precision a plan runs at, as the ready line and the metrics name it."""
-    return "bf16" if plan.bf16 else "fp32"
+    return "int8" if plan.int8 else "bf16" if plan.bf16 else "fp32"
 
 
 @dataclass(frozen=True)
@@ -87,14 +89,17 @@ def candidate_plans(settings: HandlerSettings) -> list[StepPlan]:
         names = [(name, PRESET_STEPS[name]) for name in chain]
     precisions = [True, False] if settings.dtype == "bf16" else [False]
     plans = [StepPlan(name, steps, bf16) for name, steps in names for bf16 in precisions]
+    if settings.dtype == "int8":
+        plans.insert(0, INT8_PLAN)
     eager = StepPlan("eager", PRESET_STEPS["eager"])
     return plans if eager in plans else [*plans, eager]
 
 
 def thresholds_for(plan: StepPlan, settings: HandlerSettings, classifies: bool) -> GateThresholds:
-    thresholds = settings.gate if plan.bf16 else FP32_THRESHOLDS
+    thresholds = settings.gate if plan.reduced else FP32_THRESHOLDS
     # top-k agreement only means something for class scores, not embedding dimensions
-    return thresholds if classifies and plan.bf16 else replace(thresholds, min_topk_agreement=0.0)
+    return thresholds if classifies and plan.reduced else replace(thresholds,
+                                                                  min_topk_agreement=0.0)
 
 
 def time_stage(stage: Stage, example: ModelInputs, iterations: int = 5) -> float:
@@ -159,6 +164,7 @@ def optimize(
     ipex: IpexStatus,
     classifies: bool,
     model_dir: Path | None = None,
+    check: CheckInputs | None = None,
 ) -> Optimized:
     """The best candidate for `model` that agrees with its own fp32 eager outputs.
 
@@ -166,7 +172,8 @@ def optimize(
     needs it; `model_dir` is the unpacked archive (where aot packages are)."""
     eager = Eager(model, example)
     ctx = StepContext(example=example, ipex=ipex, channels_last=settings.channels_last,
-                      model_dir=model_dir, compile_options=settings.compile_options)
+                      model_dir=model_dir, compile_options=settings.compile_options,
+                      calibration=check.inputs if check else None)
     rejected: list[str] = []
     accepted: list[tuple[StepPlan, Stage, Agreement]] = []
     tried: list[Tried] = []
@@ -182,12 +189,18 @@ def optimize(
             stage = run_steps(source, plan, ctx)
             output = checked_output(stage, example)
             reference = stage.reference if stage.reference is not None else eager.reference
+            if check is not None and stage.reference is None:  # the archive's real inputs
+                reference = check.reference(eager.model)
+                output = check.outputs(lambda part, stage=stage: call_stage(stage, part))
             agreement = compare(reference, output, thresholds_for(plan, settings, classifies))
         except Exception as error:  # noqa: BLE001 - any failing backend falls back
             rejected.append(f"{plan.describe()} failed: {error_summary(error)}")
             log.warning("optimizer: %s", rejected[-1])
             tried.append(Tried(plan, "failed"))
             continue
+        if plan.reduced and settings.gate == GATE_OFF:
+            stage = replace(stage, notes=(*stage.notes, "accuracy gate off: not checked "
+                                          "against fp32 eager (speed only)"))
         tried.append(Tried(plan, "accepted" if agreement.passed else "refused"))
         if not agreement.passed:
             failures = "; ".join(agreement.failures)

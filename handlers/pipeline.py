@@ -63,6 +63,8 @@ class StepContext:
     example: ModelInputs
     ipex: IpexStatus
     channels_last: bool | None  # None: only for models with convolutions
+    #: real inputs to calibrate int8 on (the archive's: handlers.archive_inputs)
+    calibration: ModelInputs | None = None
     model_dir: Path | None = None  # the unpacked archive (aot packages live there)
     #: torch.compile keyword arguments from model-config.yaml's `pt2:` section
     compile_options: Mapping[str, object] = field(default_factory=dict)
@@ -212,6 +214,13 @@ def step_aot(stage: Stage, ctx: StepContext) -> Stage:
     return load_stage(stage, ctx)
 
 
+def step_int8(stage: Stage, ctx: StepContext) -> Stage:
+    """int8 by model kind (handlers.quantize): static for conv nets, dynamic for Linear."""
+    from torchserve_cpu.handlers.quantize import step_int8 as quantize  # only for int8
+
+    return quantize(stage, ctx)
+
+
 @dataclass(frozen=True)
 class Step:
     """One step of the vocabulary and what it declares about the others."""
@@ -245,6 +254,8 @@ STEPS: dict[str, Step] = {
         step_optimize_for_inference,
         skipped_after={"onednn_graph": "oneDNN Graph fusion is on; they conflict"}),
     "compile": Step(step_compile),
+    # quantizes and compiles: trace + freeze (conv nets) or compile (handlers.quantize)
+    "int8": Step(step_int8, copies_module=True),
     "aot": Step(step_aot, copies_module=True, replaces_module=True),
 }
 
@@ -275,15 +286,25 @@ class StepPlan:
     name: str
     steps: tuple[str, ...]
     bf16: bool = False
+    int8: bool = False
+
+    @property
+    def reduced(self) -> bool:
+        """Runs below fp32 precision: checked by the accuracy gate."""
+        return self.bf16 or self.int8
 
     def describe(self) -> str:
         steps = ">".join(self.steps) or "eager"
-        return f"{self.name}[{steps}]{' bf16' if self.bf16 else ''}"
+        return f"{self.name}[{steps}]{' bf16' if self.bf16 else ''}{' int8' if self.int8 else ''}"
 
 
 def replaces_model(plan: StepPlan) -> bool:
     """The plan builds its model without the eager one (it need not be loaded)."""
     return bool(plan.steps) and STEPS[plan.steps[0]].replaces_module
+
+
+#: `handler.dtype: int8`: tried first, then the preset's fp32 chain
+INT8_PLAN = StepPlan("quantized", ("int8",), int8=True)
 
 
 def run_steps(model: nn.Module | None, plan: StepPlan, ctx: StepContext) -> Stage:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from torchserve_cpu.handlers.archive_inputs import check_inputs
 from torchserve_cpu.handlers.ipex_support import IpexStatus, probe_ipex
 from torchserve_cpu.handlers.loading import load_model
 from torchserve_cpu.handlers.optimizer import Optimized, optimize
@@ -63,6 +64,7 @@ def build_served_model(
     example = task.example_inputs(settings.example_batch_size)
     if ipex is None:
         ipex = probe_ipex() if optimized else NOT_PROBED
+    check = check_inputs(settings, task, model_dir, example) if optimized else None
     model = optimize(lambda: load_model(model_dir, dict(manifest)), example, settings, ipex,
-                     task.classifies, model_dir)
+                     task.classifies, model_dir, check=check)
     return ServedModel(settings, task, model, ipex, example)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 
-DTYPES = ("fp32", "bf16")
+DTYPES = ("fp32", "bf16", "int8")
 # ImageNet's per-channel mean and std (torchvision's 0.485, ... and 0.229, ... times 255)
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -28,6 +28,12 @@ class GateThresholds:
     max_abs_diff: float = 0.25  # relative to the reference's largest magnitude (at least 1)
     topk: int = 5
     min_topk_agreement: float = 0.6  # mean overlap of the top-k index sets
+
+
+#: `accuracy_gate: off` (YAML false): a reduced-precision model is served unchecked, noted
+#: as speed only; it must still run and give finite outputs of the right shape
+GATE_OFF = GateThresholds(min_cosine=-1.0, max_abs_diff=float("inf"), topk=1,
+                          min_topk_agreement=0.0)
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,9 @@ class HandlerSettings:
     emit_itt: bool = False
     # model kind: None lets the handler decide (conv nets get channels-last)
     channels_last: bool | None = None
+    # real inputs in the archive (a folder of request bodies or a .pt of model inputs):
+    # int8 calibration and the accuracy gate's check (handlers.archive_inputs)
+    calibration: str | None = None
     # aot: the largest batch the package is compiled for (its batch dimension is dynamic,
     # 1..aot_max_batch); fixed when the archive is built (handlers.aot_build)
     aot_max_batch: int = 32
@@ -167,18 +176,23 @@ def parse_settings(section: Mapping[str, object] | None) -> HandlerSettings:
         elif key == "truncation":
             values[key] = _check_choice(key, raw, TRUNCATION)
         elif key == "accuracy_gate":
-            values["gate"] = _parse_gate(raw)
+            values["gate"] = GATE_OFF if raw is False else _parse_gate(raw)
         elif key in _INT_KEYS:
             values[key] = _check_int(key, raw, _INT_KEYS[key])
         elif key in _BOOL_KEYS:
             values[key] = _check_bool(key, raw)
         elif key in _CHANNEL_KEYS:
             values[key] = _check_channels(key, raw)
+        elif key == "calibration":
+            if not isinstance(raw, str) or not raw:
+                raise ValueError(f"handler.calibration: expected a path in the archive, "
+                                 f"got {raw!r}")
+            values[key] = raw
         elif key == "channels_last":
             values[key] = None if raw in (None, "auto") else _check_bool(key, raw)
         else:
             known = sorted([*_INT_KEYS, *_BOOL_KEYS, *_CHANNEL_KEYS, "task", "optimize", "dtype",
-                            "truncation", "accuracy_gate", "channels_last"])
+                            "truncation", "accuracy_gate", "channels_last", "calibration"])
             raise ValueError(f"handler.{key}: unknown key; keys are {', '.join(known)}")
     settings = HandlerSettings(**values)  # type: ignore[arg-type]
     if settings.resize_size < settings.image_size:

@@ -23,6 +23,7 @@ import yaml
 
 from torchserve_cpu.handlers import HANDLER_FILE
 from torchserve_cpu.model_store.aot import aot_files
+from torchserve_cpu.model_store.photos import archive_inputs
 
 STORE_DIR = Path(__file__).resolve().parent  # model sources, configs and sample inputs
 DEFAULT_OUT = Path("model_store") / "build"  # relative to the working directory
@@ -190,6 +191,8 @@ def build_archive(
     archive_name = archive_name or name
     config = model_config(spec, handler_overrides, batch_size, max_batch_delay_ms, workers)
     with tempfile.TemporaryDirectory() as staging:
+        # int8 / bf16 archives carry real inputs for calibration and the accuracy gate
+        inputs = archive_inputs(config, Path(staging))
         config_file = Path(staging) / "model-config.yaml"
         config_file.write_text(yaml.safe_dump(config, sort_keys=False))
         command = [
@@ -203,7 +206,7 @@ def build_archive(
             "--export-path", str(out_dir),
             "--force",
         ]  # fmt: skip
-        extra = [str(path) for path in spec.extra_files()]
+        extra = [str(path) for path in [*spec.extra_files(), *inputs]]
         # `optimize: aot`: the AOTInductor packages go in as extra files (model_store.aot)
         extra += [str(path) for path in aot_files(
             spec.name, spec.source_dir / "model.py", weights, [Path(p) for p in extra], config,

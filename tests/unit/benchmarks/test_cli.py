@@ -16,7 +16,7 @@ def settings(*argv: str):
 def test_default_fits_two_cores_and_runs_everything() -> None:
     s = settings()
     assert (s.load.workers, s.load.concurrency, s.load.requests) == (2, 8, 400)
-    assert [c.name for c in s.cases] == ["resnet50", "resnet50-b8", "bert"]
+    assert [c.name for c in s.cases] == ["resnet50", "resnet50-b8", "bert", "efficientnet_lite0"]
     assert len(s.scenarios) == len(SCENARIOS) and s.scenarios[0].name == "stock"
 
 
