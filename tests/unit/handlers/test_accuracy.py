@@ -162,3 +162,12 @@ def test_bf16_outputs_are_compared_in_fp32() -> None:
     result = compare(reference, reference.bfloat16(), GateThresholds())
     assert result.passed and 0 < result.max_abs_diff < 0.01
     assert compare(reference, reference.clone().requires_grad_(), FP32_THRESHOLDS).passed
+
+
+def test_tiny_outputs_that_agree_have_cosine_one() -> None:
+    """Outputs near zero (norm product below torch's default eps of 1e-8) still compare by
+    direction: identical ones agree, opposite ones do not."""
+    reference = torch.tensor([[3e-5, 4e-5]])
+    assert compare(reference, reference.clone(), gate(min_cosine=0.999)).cosine == \
+        pytest.approx(1.0)
+    assert compare(reference, -reference, gate()).cosine == pytest.approx(-1.0)

@@ -327,8 +327,11 @@ def test_thresholds_by_precision_and_task() -> None:
     settings = HandlerSettings(gate=gate)
     bf16, fp32 = StepPlan("p", (), bf16=True), StepPlan("p", ())
     assert thresholds_for(bf16, settings, classifies=True) == gate
+    int8 = StepPlan("int8", ("int8",), int8=True)
+    assert thresholds_for(int8, settings, classifies=True) == gate  # the loose gate too
     no_topk = GateThresholds(min_cosine=0.9, max_abs_diff=0.5, topk=3, min_topk_agreement=0.0)
     assert thresholds_for(bf16, settings, classifies=False) == no_topk
+    assert thresholds_for(int8, settings, classifies=False) == no_topk
     # fp32: the strict gate whatever the settings say; cosine and max-abs only
     strict = GateThresholds(min_cosine=FP32_THRESHOLDS.min_cosine,
                             max_abs_diff=FP32_THRESHOLDS.max_abs_diff, topk=1,
@@ -340,24 +343,29 @@ def test_thresholds_by_precision_and_task() -> None:
 def test_plan_dtype_and_tried_record() -> None:
     assert plan_dtype(StepPlan("p", (), bf16=True)) == "bf16"
     assert plan_dtype(StepPlan("p", ())) == "fp32"
+    assert plan_dtype(StepPlan("p", (), int8=True)) == "int8"
     assert Tried(EAGER, "accepted").outcome == "accepted"
 
 
-def test_time_stage_is_the_median_after_two_warm_up_calls() -> None:
-    durations = iter([0.0, 0.0, 0.05, 0.01, 0.01, 0.01, 0.05])
+def test_time_stage_is_the_median_after_two_warm_up_calls(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a clock that only the stage moves: warm-up calls take 1 s each and are not
+    counted; the timed calls take 50, 10, 10, 10, 50 ms."""
+    clock = [100.0]
+    durations = iter([1.0, 1.0, 0.05, 0.01, 0.01, 0.01, 0.05])
     calls: list[int] = []
 
     def module(x: torch.Tensor) -> torch.Tensor:
         calls.append(1)
-        time.sleep(next(durations))
+        clock[0] += next(durations)
         return x
 
-    ms = time_stage(Stage(module), EXAMPLE)
+    monkeypatch.setattr(optimizer.time, "perf_counter", lambda: clock[0])
+    assert time_stage(Stage(module), EXAMPLE) == pytest.approx(10.0, rel=1e-9)
     assert len(calls) == 7
-    assert 10 <= ms < 50  # the median of 50, 10, 10, 10, 50 ms, in milliseconds
     calls.clear()
-    durations = iter([0.0] * 4)
-    time_stage(Stage(module), EXAMPLE, iterations=2)
+    durations = iter([1.0, 1.0, 0.02, 0.03])
+    assert time_stage(Stage(module), EXAMPLE, iterations=2) == pytest.approx(25.0, rel=1e-9)
     assert len(calls) == 4
 
 
