@@ -196,7 +196,7 @@ def markdown(results: Sequence[Result], speed: dict, speed_dir: Path | None) -> 
         "(model_store/photos.py EVAL_GRID); top-1 = same top class as fp32 eager, top-5 = fp32 "
         "eager's top class among the variant's five. Text: 50 sentences, embedding cosine. "
         "A refused variant is served as fp32; its row gives the refused model's own agreement "
-        "(rebuilt with the gate off). The gate checks on the archive's 32 calibration photos "
+        "(rebuilt with the gate off). The gate checks on the archive's 76 calibration photos "
         "(16 sentences), the table on the evaluation set.",
         "",
         f"Speed: {speed_dir}" if speed_dir else "Speed: not joined (--speed DIR).",

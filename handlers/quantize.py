@@ -45,6 +45,10 @@ from torchserve_cpu.handlers.pipeline import (
 from torchserve_cpu.handlers.tasks import ModelInputs
 
 CALIBRATION_BATCH = 8  # rows per calibration call: observers see the set in a few calls
+#: at most this many calibration rows (spread over the set): histogram observers make each
+#: calibration call several times an inference call, and a worker must start within
+#: TorchServe's responseTimeout
+CALIBRATION_ROWS = 32
 
 
 def int8_engine() -> str:
@@ -57,12 +61,14 @@ def int8_engine() -> str:
     return "onednn" if torch.cpu._is_vnni_supported() else "x86"
 
 
-def calibration_batches(example: ModelInputs, rows: int = CALIBRATION_BATCH
-                        ) -> Iterator[ModelInputs]:
-    """The example inputs in slices of `rows` along the batch dimension."""
+def calibration_batches(example: ModelInputs, rows: int = CALIBRATION_BATCH,
+                        limit: int = CALIBRATION_ROWS) -> Iterator[ModelInputs]:
+    """At most `limit` rows of the example, evenly spread, in slices of `rows`."""
     total = example[0].shape[0]
-    for start in range(0, total, rows):
-        yield tuple(x[start:start + rows] for x in example)
+    chosen = torch.arange(total) if total <= limit else torch.arange(limit) * total // limit
+    for start in range(0, len(chosen), rows):
+        index = chosen[start:start + rows]
+        yield tuple(x[index] for x in example)
 
 
 def quantize_static(module: nn.Module, example: ModelInputs, channels_last: bool
@@ -85,14 +91,13 @@ def quantize_static(module: nn.Module, example: ModelInputs, channels_last: bool
         warnings.simplefilter("ignore")
         prepared = prepare_fx(model, get_default_qconfig_mapping(engine), example,
                               backend_config=backend)
-        calls = 0
+        rows = 0
         with torch.no_grad():
             for batch in calibration_batches(prepare_inputs(example, channels_last)):
                 prepared(*batch)
-                calls += 1
+                rows += batch[0].shape[0]
         quantized = convert_fx(prepared, backend_config=backend)
-    rows = example[0].shape[0]
-    return quantized, f"static (FX, {engine} engine, calibrated on {rows} inputs in {calls} calls)"
+    return quantized, f"static (FX, {engine} engine, calibrated on {rows} inputs)"
 
 
 def quantize_dynamic(module: nn.Module) -> tuple[nn.Module, str]:

@@ -180,3 +180,11 @@ def test_archive_tensor_file_and_mistakes(tmp_path: Path) -> None:
                        ("../outside", "outside the archive")]:
         with pytest.raises(ValueError, match=f"handler.calibration: .*{says}"):
             read_archive_inputs(tmp_path, name, task)
+
+
+def test_calibration_takes_at_most_32_rows_spread_over_the_set() -> None:
+    rows = torch.arange(76.0).view(76, 1)
+    batches = list(quantize.calibration_batches((rows,)))
+    seen = torch.cat([batch[0] for batch in batches]).flatten().tolist()
+    assert len(seen) == 32 and seen[0] == 0 and seen[-1] > 70 and len(batches) == 4
+    assert len(list(quantize.calibration_batches((rows[:5],)))) == 1

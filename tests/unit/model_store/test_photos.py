@@ -1,0 +1,45 @@
+"""The real inputs int8 / bf16 archives carry (model_store/photos.py): what goes in, the gate
+that comes with it, and the evaluation set never overlapping the calibration one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("skimage", reason="scikit-image ships the photos ([demo] extra)")
+
+from torchserve_cpu.model_store.photos import (  # noqa: E402
+    CALIB_GRID,
+    EVAL_GRID,
+    IMAGE_GATE,
+    archive_inputs,
+    sentences,
+)
+
+
+def test_image_archives_get_76_photos_and_a_top1_gate(tmp_path: Path) -> None:
+    config = {"handler": {"task": "image_classification", "dtype": "int8"}}
+    [folder] = archive_inputs(config, tmp_path)
+    photos = sorted((folder / "calibration").iterdir())
+    assert len(photos) == 76 and photos[0].name == "000.jpg"
+    assert config["handler"]["calibration"] == "calibration"
+    assert config["handler"]["accuracy_gate"] == IMAGE_GATE
+
+
+def test_text_archives_get_sentences_and_own_settings_win(tmp_path: Path) -> None:
+    config = {"handler": {"task": "text_embedding", "dtype": "bf16"}}
+    [folder] = archive_inputs(config, tmp_path / "a")
+    assert len(list((folder / "calibration").iterdir())) == 16
+    assert "accuracy_gate" not in config["handler"]
+    assert archive_inputs({"handler": {"dtype": "fp32"}}, tmp_path / "b") == []
+    own = {"handler": {"dtype": "int8", "calibration": "mine"}}
+    assert archive_inputs(own, tmp_path / "c") == [] and own["handler"]["calibration"] == "mine"
+    gate = {"handler": {"dtype": "int8", "accuracy_gate": False}}
+    archive_inputs(gate, tmp_path / "d")
+    assert gate["handler"]["accuracy_gate"] is False
+
+
+def test_evaluation_and_calibration_transforms_differ() -> None:
+    assert not set(EVAL_GRID) & set(CALIB_GRID)
+    assert len(EVAL_GRID) == 16 and len(sentences()) == 50
