@@ -1,7 +1,7 @@
 """`python -m benchmarks.accuracy`: how each served variant agrees with fp32 eager on real inputs.
 
     python -m benchmarks.accuracy             # efficientnet_lite0 resnet50 minilm
-    python -m benchmarks.accuracy --models resnet50 --speed benchmarks/results/<run>
+    python -m benchmarks.accuracy --models resnet50 --speed benchmarks/results/<run> ...
 
 Every variant is the model a worker would serve: built by `build_served_model` from an
 archive made by model_store.build (an int8 archive, so it carries the calibration inputs),
@@ -165,29 +165,29 @@ def verdict(r: Result) -> str:
 
 
 def table(results: Sequence[Result], speed: dict[tuple[str, str], dict[str, str]]) -> str:
-    lines = ["| model | variant | asked | served | gate | top-1 | top-5 | cosine mean | "
+    lines = ["| model | variant | asked | served | gate | inputs | top-1 | top-5 | cosine mean | "
              "cosine min | target | items/s (served dtype) |",
-             "|---|---|---|---|---|---:|---:|---:|---:|---|---|"]
+             "|---|---|---|---|---|---:|---:|---:|---:|---:|---|---|"]
     for r in results:
         rows = [(scenario, speed[(r.model, scenario)]) for scenario, variant in SPEED_ROWS.items()
                 if variant == r.variant and (r.model, scenario) in speed]
         rate = ", ".join(f"{row['items_per_s']} ({row['dtype']}, {scenario})"
                          for scenario, row in rows) or "-"
         lines.append(f"| {r.model}{' (random weights)' if r.model in RANDOM_WEIGHTS else ''} "
-                     f"| {r.variant} | {r.requested} | {r.served} | {r.gate} | {_pct(r.top1)} "
+                     f"| {r.variant} | {r.requested} | {r.served} | {r.gate} | {r.inputs} "
+                     f"| {_pct(r.top1)} "
                      f"| {_pct(r.top5)} | {r.cosine_mean:.4f} | {r.cosine_min:.4f} "
                      f"| {verdict(r)} | {rate} |")
     return "\n".join(lines)
 
 
-def read_speed(folder: Path | None) -> dict[tuple[str, str], dict[str, str]]:
-    if folder is None:
-        return {}
-    return {(row["Model"], row["scenario"]): row for row in read_csv(folder / "ab_report.csv")
-            if row.get("status") == "ok"}
+def read_speed(folders: Sequence[Path]) -> dict[tuple[str, str], dict[str, str]]:
+    """(model, scenario) -> ab_report.csv row of every run folder given (later ones win)."""
+    return {(row["Model"], row["scenario"]): row for folder in folders
+            for row in read_csv(folder / "ab_report.csv") if row.get("status") == "ok"}
 
 
-def markdown(results: Sequence[Result], speed: dict, speed_dir: Path | None) -> str:
+def markdown(results: Sequence[Result], speed: dict, speed_dirs: Sequence[Path]) -> str:
     refused = [r for r in results if r.note]
     return "\n".join([
         f"# Agreement with fp32 eager, {datetime.date.today().isoformat()}",
@@ -199,7 +199,8 @@ def markdown(results: Sequence[Result], speed: dict, speed_dir: Path | None) -> 
         "(rebuilt with the gate off). The gate checks on the archive's 76 calibration photos "
         "(16 sentences), the table on the evaluation set.",
         "",
-        f"Speed: {speed_dir}" if speed_dir else "Speed: not joined (--speed DIR).",
+        f"Speed: {', '.join(str(d) for d in speed_dirs)}" if speed_dirs
+        else "Speed: not joined (--speed DIR).",
         "",
         table(results, speed),
         "",
@@ -210,18 +211,18 @@ def markdown(results: Sequence[Result], speed: dict, speed_dir: Path | None) -> 
     ])
 
 
-def write(results: Sequence[Result], out: Path, speed_dir: Path | None) -> None:
-    speed = read_speed(speed_dir)
+def write(results: Sequence[Result], out: Path, speed_dirs: Sequence[Path] = ()) -> None:
+    speed = read_speed(speed_dirs)
     out.mkdir(parents=True, exist_ok=True)
-    text = markdown(results, speed, speed_dir)
+    text = markdown(results, speed, speed_dirs)
     (out / "accuracy.md").write_text(text)
     (out / "accuracy.json").write_text(json.dumps([asdict(r) for r in results], indent=1) + "\n")
     with (out / "accuracy.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(asdict(results[0])))
         writer.writeheader()
         writer.writerows(asdict(r) for r in results)
-    if speed_dir is not None:
-        (speed_dir / "accuracy.md").write_text(text)
+    for folder in speed_dirs:
+        (folder / "accuracy.md").write_text(text)
 
 
 def result_dir(root: Path) -> Path:
@@ -237,12 +238,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--speed", type=Path, help="a benchmarks run folder (ab_report.csv)")
+    parser.add_argument("--speed", type=Path, nargs="+", default=[],
+                        help="benchmarks run folders (ab_report.csv) to join")
+    parser.add_argument("--rows", type=Path, nargs="+",
+                        help="re-render saved accuracy.json files instead of measuring")
     parser.add_argument("--images", type=int, help="at most this many photos (default: 304)")
     parser.add_argument("--out", type=Path, help="default: benchmarks/results/<date>-accuracy")
     args = parser.parse_args(argv)
     out = args.out or result_dir(RESULTS)
     results: list[Result] = []
+    if args.rows:
+        results = [Result(**row) for path in args.rows for row in json.loads(path.read_text())]
+        write(results, out, args.speed)
+        print(out)
+        return 0
     with tempfile.TemporaryDirectory(prefix="tscpu-accuracy-") as work:
         for name in args.models:
             results += measure_model(name, args.variants, Path(work), args.images)

@@ -76,7 +76,8 @@ def one_start(server: TorchServe, archive: Path, name: str, inductor_cache: Path
     shutil.rmtree(inductor_cache, ignore_errors=True)
     inductor_cache.mkdir()
     query = urllib.parse.urlencode({"url": archive.name, "model_name": name,
-                                    "initial_workers": 1, "response_timeout": 900,
+                                    "initial_workers": 1,
+                                    "response_timeout": 900, "startup_timeout": 900,
                                     "synchronous": "true"})
     started = time.time()
     management(server, "POST", f"/models?{query}")

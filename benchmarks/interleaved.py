@@ -39,7 +39,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def register(server: TorchServe, archive: Path, name: str, batch: int) -> None:
     query = urllib.parse.urlencode({"url": archive.name, "model_name": name,
                                     "initial_workers": 1, "batch_size": batch,
-                                    "max_batch_delay": 50, "response_timeout": 900,
+                                    "max_batch_delay": 50,
+                                    "response_timeout": 900, "startup_timeout": 900,
                                     "synchronous": "true"})
     management(server, "POST", f"/models?{query}")
 

@@ -302,6 +302,7 @@ def build_packages(model_dir: Path, manifest: Mapping[str, object],
                 slot.parent.mkdir(parents=True, exist_ok=True)
                 shutil.rmtree(slot, ignore_errors=True)
                 Path(scratch).rename(slot)
+                slot.chmod(0o755)  # mkdtemp made it private
                 Path(scratch).mkdir()  # for TemporaryDirectory's clean-up
                 source = slot
             else:

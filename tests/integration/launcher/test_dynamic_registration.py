@@ -140,11 +140,15 @@ def test_five_cycles_of_register_scale_unregister_under_load(
         ("PUT", "/models/probe?min_worker=2&max_worker=2&synchronous=true", {"probe": 2}),
         ("PUT", "/models/probe?min_worker=1&max_worker=1&synchronous=true", {"probe": 1}),
     ]
+    races = 0
     try:
         for cycle in range(5):
             for method, path, workers in steps:
                 status, answer = manage(empty_server, method, path)
-                assert status == 200, f"cycle {cycle}: {method} {path}: {status} {answer}"
+                if method == "PUT" and _torchserve_status_race(status, answer):
+                    races += 1  # the scale happened; the wait below checks it did
+                else:
+                    assert status == 200, f"cycle {cycle}: {method} {path}: {status} {answer}"
                 pids = wait_for(lambda w=workers: settled(empty_server, registry_dir, w),
                                 timeout=180)
                 cpus = cores_of(pids)
@@ -159,11 +163,24 @@ def test_five_cycles_of_register_scale_unregister_under_load(
     kinds = dict(re.findall(r"(Connect|Receive|Exceptions): (\d+)", output))
     dropped = sum(int(n) for n in kinds.values()) + int(_ab_field(output, "Non-2xx responses")
                                                          or 0)
-    print(f"ab during 5 cycles: {complete} complete, {dropped} dropped or non-2xx ({kinds})")
+    print(f"ab during 5 cycles: {complete} complete, {dropped} dropped or non-2xx ({kinds}),"
+          f" {races} scale answers hit TorchServe's status race")
     assert complete > 0, output  # the load really ran (its rate is a benchmark's business)
     # TorchServe restarts every worker of a model on each of the 10 scale events and
     # drops what they held (at most the 8 in flight); nothing else may fail
     assert dropped <= 10 * 8, output
+
+
+def _torchserve_status_race(status: int, answer: str) -> bool:
+    """TorchServe 0.12's occasional 500 on a synchronous scale with its launcher on.
+
+    With cpu_launcher_enable=true it restarts a model's workers on every scale event and,
+    for a scale event, answers before the restarted workers are up; it keeps a model's
+    workers in an unsynchronized ArrayList (WorkLoadManager) that its answer path counts
+    while worker threads it just started read and the scale path changes it, which now and
+    then throws. The scale itself is done: the caller checks the workers that result.
+    """
+    return status == 500 and "ConcurrentModificationException" in answer
 
 
 def _ab_field(output: str, name: str) -> str | None:

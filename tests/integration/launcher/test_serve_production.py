@@ -278,14 +278,16 @@ def test_serves_on_the_configured_port(production: Served) -> None:
     assert production.answer["placement"].startswith("cores=")  # pinned by the launcher
 
 
-def test_torchserve_reads_the_user_config_with_only_the_launcher_switched_off(
+def test_torchserve_reads_the_user_config_with_the_launcher_off_and_metrics_declared(
     production: Served,
 ) -> None:
     arguments = production.frontend.cmdline()
     derived = Path(arguments[arguments.index("-f") + 1])
     assert derived.parent.parent == production.temp and derived.parent.stat().st_mode & 0o077 == 0
     user = read_properties(production.directory / DEFAULT_CONFIG)
-    assert read_properties(derived) == {**user, "cpu_launcher_enable": "false"}
+    assert "metrics_config" not in user
+    assert read_properties(derived) == {**user, "cpu_launcher_enable": "false",
+                                        "metrics_config": str(METRICS_CONFIG)}
 
 
 def test_token_authorization_stays_on(production: Served) -> None:

@@ -193,11 +193,12 @@ def test_step_native_records_its_note() -> None:
 
 def test_steps_that_need_an_eager_module_refuse_anything_else() -> None:
     loaded = Stage(SimpleNamespace())  # say, a loaded AOTInductor package
+    usable = IpexStatus(FakeIpex(), "ipex 9.9")
     for step, name in [(step_native, "native"), (step_channels_last, "channels_last"),
-                       (step_compile, "compile"), (step_trace, "trace")]:
+                       (step_compile, "compile"), (step_trace, "trace"), (step_ipex, "ipex")]:
         with pytest.raises(StepError, match=f"^{name} needs an eager nn.Module, got "
                                             "SimpleNamespace$"):
-            step(loaded, ctx())
+            step(loaded, ctx(usable))
 
 
 def test_ipex_step_without_ipex_says_why() -> None:
@@ -215,6 +216,9 @@ def test_ipex_step_optimizes_an_eval_copy_at_the_stage_precision(bf16: bool,
     assert called_dtype == dtype and inplace is True
     assert module is not net and not module.training and net.training
     assert not any(p.requires_grad for p in module.parameters())
+    # a deep copy: the caller's layers and parameters are untouched
+    assert all(m.training for m in net.modules())
+    assert all(p.requires_grad for p in net.parameters())
     assert stage.module is module and stage.applied == ("ipex",)
     assert stage.notes == ("ipex: ipex 9.9",) and stage.autocast is bf16
 
