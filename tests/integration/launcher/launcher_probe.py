@@ -17,8 +17,30 @@ def write_config(directory: Path, **properties: str) -> Path:
 
 def ask(server, model: str = "probe") -> dict:
     request = urllib.request.Request(f"{server.inference_url}/predictions/{model}", data=b"x")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+    except TimeoutError as error:  # say where the workers wait, for a hang seen once in CI
+        workers = server.worker_pids(model)
+        raise AssertionError(f"no answer from {model} in 30 s; its workers:\n"
+                             + "\n".join(where_waiting(pid) for pid in workers)) from error
+
+
+def where_waiting(pid: int) -> str:
+    """Each thread of `pid`: name, state and the kernel function it sleeps in (wchan), plus
+    its kernel stack when readable (root): a stdout pipe TorchServe stopped reading shows as
+    pipe_write, a lock held in-process as futex_wait."""
+    lines = [f"pid {pid}:"]
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+        def read(name: str, task: Path = task) -> str:
+            try:
+                return (task / name).read_text().strip()
+            except OSError:
+                return "?"
+        state = (read("stat").rsplit(")", 1)[-1].split() or ["?"])[0]
+        lines.append(f"  {task.name} {read('comm')} {state} wchan={read('wchan')} "
+                     f"stack={read('stack').replace(chr(10), ' | ')[:400]}")
+    return "\n".join(lines)
 
 
 def allowed_list(pid: int) -> set[int]:

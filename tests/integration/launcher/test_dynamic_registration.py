@@ -97,7 +97,8 @@ def settled(server: TorchServe, registry: Path, workers: dict[str, int]) -> list
            for e in entries.values()):
         return None
     report = inspect(entries=tuple(entries.values()), frontend=server.pid)
-    assert {w.pid for w in report.workers} == set(pids)
+    if {w.pid for w in report.workers} != set(pids):
+        return None  # a worker TorchServe is starting or stopping that has no seat (yet)
     return pids if not report.problems else None
 
 
