@@ -46,7 +46,6 @@ VARIANTS = ("optimized", "optimized-compile", "optimized-bf16", "optimized-int8"
 #: benchmark scenarios whose rows take a variant's figures (the gate-off row: the variant's own)
 SPEED_ROWS = {**{name: name for name in VARIANTS}, "optimized-int8-speed-only": "optimized-int8"}
 MODELS = ("efficientnet_lite0", "resnet50", "minilm")
-RANDOM_WEIGHTS = {"resnet50", "bert"}  # agreement on them says little about real models
 #: the issue's targets for image classifiers' reduced-precision variants
 TARGET_TOP1, TARGET_TOP5, TARGET_COSINE = 0.99, 0.995, 0.99
 
@@ -165,6 +164,8 @@ def verdict(r: Result) -> str:
 
 
 def table(results: Sequence[Result], speed: dict[tuple[str, str], dict[str, str]]) -> str:
+    from torchserve_cpu.model_store.build import MODELS as STORE_MODELS
+
     lines = ["| model | variant | asked | served | gate | inputs | top-1 | top-5 | cosine mean | "
              "cosine min | target | items/s (served dtype) |",
              "|---|---|---|---|---|---:|---:|---:|---:|---:|---|---|"]
@@ -173,7 +174,7 @@ def table(results: Sequence[Result], speed: dict[tuple[str, str], dict[str, str]
                 if variant == r.variant and (r.model, scenario) in speed]
         rate = ", ".join(f"{row['items_per_s']} ({row['dtype']}, {scenario})"
                          for scenario, row in rows) or "-"
-        lines.append(f"| {r.model}{' (random weights)' if r.model in RANDOM_WEIGHTS else ''} "
+        lines.append(f"| {r.model}{'' if STORE_MODELS[r.model].trained else ' (random weights)'} "
                      f"| {r.variant} | {r.requested} | {r.served} | {r.gate} | {r.inputs} "
                      f"| {_pct(r.top1)} "
                      f"| {_pct(r.top5)} | {r.cosine_mean:.4f} | {r.cosine_min:.4f} "

@@ -117,6 +117,7 @@ class ModelSpec:
     name: str
     make_weights: Callable[[], dict[str, torch.Tensor]]
     extra_files: Callable[[], list[Path]] = list
+    trained: bool = True  # real weights; False: random, for speed figures only
 
     @property
     def source_dir(self) -> Path:
@@ -126,8 +127,8 @@ class ModelSpec:
 MODELS = {
     spec.name: spec
     for spec in (
-        ModelSpec("resnet50", resnet50_weights),
-        ModelSpec("bert", bert_weights, tokenizer_files),
+        ModelSpec("resnet50", resnet50_weights, trained=False),
+        ModelSpec("bert", bert_weights, tokenizer_files, trained=False),
         ModelSpec("minilm", minilm_weights, tokenizer_files),
         ModelSpec("efficientnet_lite0", efficientnet_lite0_weights, imagenet_label_files),
     )
@@ -192,7 +193,7 @@ def build_archive(
     config = model_config(spec, handler_overrides, batch_size, max_batch_delay_ms, workers)
     with tempfile.TemporaryDirectory() as staging:
         # int8 / bf16 archives carry real inputs for calibration and the accuracy gate
-        inputs = archive_inputs(config, Path(staging))
+        inputs = archive_inputs(config, Path(staging), spec.trained)
         config_file = Path(staging) / "model-config.yaml"
         config_file.write_text(yaml.safe_dump(config, sort_keys=False))
         command = [

@@ -147,19 +147,28 @@ def write_calibration_sentences(dest: Path, count: int = 16) -> Path:
 IMAGE_GATE = {"topk": 1, "min_topk_agreement": 0.99}
 
 
-def archive_inputs(config: dict, staging: Path) -> list[Path]:
+def archive_inputs(config: dict, staging: Path, trained: bool = True) -> list[Path]:
     """Real inputs for a reduced-precision archive (handler.dtype int8 or bf16): written under
     `staging`, named in `config`'s handler section as `calibration`, returned as extra files
     for torch-model-archiver (a folder's contents are copied: `inputs/` holds `calibration/`).
     Image models get the 76 calibration-grid photos and, unless the config sets its own, a
-    top-1 gate (IMAGE_GATE); text models 16 sentences. None when the config names its own."""
+    top-1 gate (IMAGE_GATE); text models 16 sentences. None when the config names its own.
+
+    A model with random weights (`trained` False: the speed benchmarks' ResNet-50 and BERT)
+    has near-flat logits whose top classes reorder under any rounding, so agreement on real
+    inputs says nothing about it: int8 still gets the inputs to calibrate on, without the
+    top-1 gate, and bf16 keeps the gate on the example input as any archive without inputs.
+    """
     handler = config.setdefault("handler", {})
     if handler.get("dtype") not in ("int8", "bf16") or "calibration" in handler:
+        return []
+    if not trained and handler["dtype"] == "bf16":
         return []
     folder = staging / "inputs" / "calibration"
     if handler.get("task", "image_classification") == "image_classification":
         write_calibration_images(folder)
-        handler.setdefault("accuracy_gate", dict(IMAGE_GATE))
+        if trained:
+            handler.setdefault("accuracy_gate", dict(IMAGE_GATE))
     else:
         write_calibration_sentences(folder)
     handler["calibration"] = "calibration"

@@ -49,14 +49,29 @@ def allowed_list(pid: int) -> set[int]:
     return set(allowed_cpus(pid))
 
 
+class NotYet:
+    """A falsy answer to wait_for that says what is still missing (shown on timeout)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"NotYet({self.reason})"
+
+
 def wait_for(condition, timeout: float = 120.0, step: float = 0.5):
     deadline = time.monotonic() + timeout
+    value = None
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(step)
-    raise AssertionError(f"condition not met in {timeout}s")
+    last = f"; last: {value.reason}" if isinstance(value, NotYet) else ""
+    raise AssertionError(f"condition not met in {timeout}s{last}")
 
 
 def env_with_registry(directory: Path) -> dict[str, str]:

@@ -23,6 +23,7 @@ import pytest
 
 from benchmarks.loopback_torchserve import TorchServe, start
 from tests.integration.launcher.launcher_probe import (
+    NotYet,
     allowed_list,
     ask,
     env_with_registry,
@@ -79,27 +80,29 @@ def _answers(server: TorchServe) -> bool:
         return False  # not listening yet
 
 
-def settled(server: TorchServe, registry: Path, workers: dict[str, int]) -> list[int] | None:
+def settled(server: TorchServe, registry: Path, workers: dict[str, int]) -> list[int] | NotYet:
     """Pids when every model has its READY workers, each on its own cores with threads =
-    cores applied, the registry holds exactly them and doctor finds nothing."""
+    cores applied, the registry holds exactly them and doctor finds nothing; else what is
+    still missing."""
     pids: list[int] = []
     for model, count in workers.items():
         ready = server.worker_pids(model)
         if len(ready) != count:
-            return None
+            return NotYet(f"{model}: READY workers {ready}, want {count}")
         for _ in range(4 * count):  # requests reach every worker: each applies its seat
             ask(server, model)
         pids += ready
     entries = {e.pid: e for e in read_entries(registry)}
-    if set(entries) != set(pids):
-        return None  # a dead worker not yet swept, or a live one not yet joined
-    if any(e.applied_threads != e.threads or set(e.cpus) != allowed_list(e.pid)
-           for e in entries.values()):
-        return None
+    if set(entries) != set(pids):  # a dead worker not yet swept, or a live one not joined
+        return NotYet(f"registry holds {sorted(entries)}, READY workers are {sorted(pids)}")
+    for e in entries.values():
+        if e.applied_threads != e.threads or set(e.cpus) != allowed_list(e.pid):
+            return NotYet(f"worker {e.pid}: seat {e.cpus} threads {e.threads}, applied "
+                          f"{e.applied_threads} threads on {sorted(allowed_list(e.pid))}")
     report = inspect(entries=tuple(entries.values()), frontend=server.pid)
-    if {w.pid for w in report.workers} != set(pids):
-        return None  # a worker TorchServe is starting or stopping that has no seat (yet)
-    return pids if not report.problems else None
+    if {w.pid for w in report.workers} != set(pids):  # one starting or stopping, no seat yet
+        return NotYet(f"doctor sees workers {sorted(w.pid for w in report.workers)}")
+    return pids if not report.problems else NotYet(f"doctor: {report.problems}")
 
 
 def cores_of(pids: list[int]) -> list[set[int]]:
@@ -171,12 +174,14 @@ def test_five_cycles_of_register_scale_unregister_under_load(
     assert dropped <= 10 * 8, output
 
 
-def _covering(pids: list[int] | None) -> list[int] | None:
+def _covering(pids: list[int] | NotYet) -> list[int] | NotYet:
     """`pids` if their allowed CPUs are disjoint and cover both cores of this machine."""
     if not pids:
-        return None
+        return pids
     cpus = cores_of(pids)
-    return pids if set().union(*cpus) == {0, 1} and sum(len(c) for c in cpus) == 2 else None
+    if set().union(*cpus) == {0, 1} and sum(len(c) for c in cpus) == 2:
+        return pids
+    return NotYet(f"workers {pids} on {cpus}: not disjoint or not every core")
 
 
 def _torchserve_status_race(status: int, answer: str) -> bool:

@@ -27,6 +27,16 @@ def test_image_archives_get_76_photos_and_a_top1_gate(tmp_path: Path) -> None:
     assert config["handler"]["accuracy_gate"] == IMAGE_GATE
 
 
+def test_random_weight_models_get_no_top1_gate_and_bf16_no_inputs(tmp_path: Path) -> None:
+    int8 = {"handler": {"task": "image_classification", "dtype": "int8"}}
+    [folder] = archive_inputs(int8, tmp_path / "a", trained=False)
+    assert len(list((folder / "calibration").iterdir())) == 76  # int8 must calibrate
+    assert "accuracy_gate" not in int8["handler"]
+    bf16 = {"handler": {"task": "image_classification", "dtype": "bf16"}}
+    assert archive_inputs(bf16, tmp_path / "b", trained=False) == []
+    assert bf16["handler"] == {"task": "image_classification", "dtype": "bf16"}
+
+
 def test_text_archives_get_sentences_and_own_settings_win(tmp_path: Path) -> None:
     config = {"handler": {"task": "text_embedding", "dtype": "bf16"}}
     [folder] = archive_inputs(config, tmp_path / "a")
