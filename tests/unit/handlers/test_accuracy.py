@@ -165,9 +165,10 @@ def test_bf16_outputs_are_compared_in_fp32() -> None:
 
 
 def test_tiny_outputs_that_agree_have_cosine_one() -> None:
-    """Outputs near zero (norm product below torch's default eps of 1e-8) still compare by
-    direction: identical ones agree, opposite ones do not."""
-    reference = torch.tensor([[3e-5, 4e-5]])
+    """Outputs near zero (norms below torch's default eps of 1e-8, which would clamp them
+    and give cosine ~0) still compare by direction: identical ones agree, opposite ones do
+    not."""
+    reference = torch.tensor([[6e-11, 8e-11]])
     assert compare(reference, reference.clone(), gate(min_cosine=0.999)).cosine == \
         pytest.approx(1.0)
     assert compare(reference, -reference, gate()).cosine == pytest.approx(-1.0)
