@@ -17,8 +17,6 @@ LAUNCH_NONE = "none"  # plain `torchserve --start`
 LAUNCH_TORCHSERVE = "torchserve"  # cpu_launcher_enable=true handled by TorchServe (run_cpu)
 LAUNCH_OURS = "ours"  # our launcher's environment + our pinning handler
 
-#: The `threads` scenario's thread count, read by benchmarks/stock_handler.py in the worker.
-THREADS_ENV = "BENCH_TORCH_THREADS"
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,9 @@ from benchmarks.scenarios import (
     HANDLER_STOCK,
     LAUNCH_OURS,
     LAUNCH_TORCHSERVE,
-    THREADS_ENV,
     Scenario,
 )
+from benchmarks.stock_handler import THREADS_ENV
 from torchserve_cpu.handlers.served_record import ServedRecord, read_records
 from torchserve_cpu.launcher.procfs import mapped_allocator
 from torchserve_cpu.launcher.properties import parse_properties, write_properties

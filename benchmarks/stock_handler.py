@@ -19,11 +19,14 @@ from pathlib import Path
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from benchmarks.scenarios import THREADS_ENV
 from torchserve_cpu.handlers.envelopes import request_headers
 from torchserve_cpu.handlers.optimizing_handler import request_payload
 from torchserve_cpu.handlers.served_model import build_served_model
 from torchserve_cpu.handlers.tasks import ModelInputs
+
+#: The `threads` scenario's thread count. Defined here: this file runs inside TorchServe's
+#: worker, where only the installed torchserve_cpu package is importable, not the harness.
+THREADS_ENV = "BENCH_TORCH_THREADS"
 
 
 class StockHandler(BaseHandler):

@@ -25,3 +25,18 @@ def test_stock_serves_eager_fp32_with_basehandler_metrics(
         answers, _ = call(handler, [png((200, 30, 30)), png((30, 30, 200))])
     assert [len(answer["topk"]) for answer in answers] == [2, 2]
     assert len(handler_times(caplog.records)) == 1
+
+
+def test_stock_handler_imports_only_what_a_worker_has() -> None:
+    """The file runs in TorchServe's worker, where the harness (benchmarks, tests) is not
+    importable: an import of it killed every stock worker (ModuleNotFoundError)."""
+    import ast
+
+    import benchmarks.stock_handler as module
+
+    tree = ast.parse(Path(module.__file__).read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+    assert not imported & {"benchmarks", "tests"}, imported
