@@ -151,9 +151,14 @@ def _pct(value: float | None) -> str:
 
 
 def verdict(r: Result) -> str:
-    """Against the issue's targets (reduced precision only)."""
+    """Against the issue's targets (reduced precision of trained models only: a random-weight
+    model's agreement is a property of its flat logits, not of the precision)."""
+    from torchserve_cpu.model_store.build import MODELS as STORE_MODELS
+
     if r.requested == "fp32":
         return ""
+    if r.model in STORE_MODELS and not STORE_MODELS[r.model].trained:
+        return "none (random weights)"
     if r.top1 is None:
         ok = r.cosine_min >= TARGET_COSINE
         wanted = f"cosine >= {TARGET_COSINE}"
