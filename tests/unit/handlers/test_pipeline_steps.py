@@ -4,6 +4,7 @@ step returns, what it records, what it refuses, and that answers stay those of e
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -268,6 +269,27 @@ def test_trace_at_bf16_holds_the_casts_and_runs_without_autocast() -> None:
     torch.testing.assert_close(out.float(), eager_output(conv_net()), atol=0.1, rtol=0.05)
 
 
+def test_trace_records_the_served_layout_without_a_second_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The example is traced in the layout the stage serves (channels-last weights fed a
+    contiguous input would record layout conversions) and without trace's re-run check (a
+    second forward at every worker start); parameters stop requiring grad."""
+    seen = []
+    real_trace = torch.jit.trace
+
+    def spy(module, example, **kwargs):
+        seen.append(([x.is_contiguous(memory_format=torch.channels_last) for x in example],
+                     kwargs.get("check_trace")))
+        return real_trace(module, example, **kwargs)
+
+    monkeypatch.setattr(torch.jit, "trace", spy)
+    model = conv_net().requires_grad_(True)
+    stage = step_trace(Stage(model, channels_last=True), ctx())
+    assert seen == [([True], False)]
+    assert not any(p.requires_grad for p in stage.module.parameters())
+    torch.testing.assert_close(call_stage(stage, EXAMPLE), eager_output(conv_net()))
+
+
 def test_freeze_and_optimize_for_inference_need_a_traced_model() -> None:
     with pytest.raises(StepError, match=r"^freeze needs a traced model: put 'trace' before "
                                         r"'freeze'$"):
@@ -313,6 +335,17 @@ def test_compile_asks_inductor_to_freeze(monkeypatch: pytest.MonkeyPatch, bf16: 
     assert kwargs == {"backend": "inductor", "options": {"freezing": True}}
     assert stage.module.compiled is net and stage.applied == ("compile",)
     assert stage.autocast is bf16
+
+
+def test_compile_passes_the_pt2_section_s_options_with_freezing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: calls.append(kwargs))
+    options = {"mode": "max-autotune", "options": {"max_autotune": True, "freezing": False}}
+    step_compile(Stage(conv_net()), replace(ctx(), compile_options=options))
+    # the user's inductor options win, freezing included; torch.compile's own keys pass on
+    assert calls == [{"backend": "inductor", "mode": "max-autotune",
+                      "options": {"freezing": False, "max_autotune": True}}]
 
 
 # -- the runner ----------------------------------------------------------------------

@@ -99,3 +99,16 @@ def test_cmyk_goes_through_its_embedded_profile(lab: tuple[int, int, int]) -> No
     assert np.array_equal(np.asarray(rgb), np.asarray(expected))
     plain = cmyk_jpeg(None).convert("RGB").getpixel((0, 0))
     assert rgb.getpixel((0, 0)) != plain  # the profile decided, not the plain formula
+
+
+def test_an_unconvertible_mode_gets_415_naming_what_to_send(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchserve_cpu.handlers.errors import BadInput
+    from torchserve_cpu.handlers.tasks import pixels
+
+    monkeypatch.delitem(pixels.CONVERTERS, "L")  # stands for a mode Pillow opens, we don't
+    with pytest.raises(BadInput) as refused:
+        upright_rgb(Image.new("L", (4, 4)))
+    assert refused.value.status == 415
+    assert str(refused.value) == ("image mode 'L' is not supported: send RGB, RGBA, grayscale, "
+                                  "palette, CMYK or 16-bit grayscale images")
