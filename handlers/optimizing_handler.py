@@ -84,10 +84,23 @@ class OptimizingHandler(BaseHandler):
         self.model_name = context.model_name  # type: ignore[attr-defined]
         self.pinned = self._pin_worker()
         self.metrics = worker_metrics(context, self.model_name)
-        yaml_config = getattr(context, "model_yaml_config", None) or {}
+        self._build()
+        self._rebuild_if_threads_changed()  # a worker that joined meanwhile re-seated this one
+        self.initialized = True
+        self._report_ready(ready_record(self.model_name, self.served,
+                                        time.perf_counter() - started, self.pinned))
+        self.metrics.served(self.served.model)
+        if self.pinned is not None:
+            self.pinned.on_placement(self.metrics.placement)
+
+    def _build(self) -> None:
+        """Build and warm the model with the seat's current thread count applied."""
+        if self.pinned is not None:
+            self.pinned.refresh()
+        yaml_config = getattr(self.context, "model_yaml_config", None) or {}
         self.served = build_served_model(
-            Path(context.system_properties["model_dir"]),  # type: ignore[attr-defined]
-            context.manifest,  # type: ignore[attr-defined]
+            Path(self.context.system_properties["model_dir"]),  # type: ignore[attr-defined]
+            self.context.manifest,  # type: ignore[attr-defined]
             yaml_config.get("handler"),
             pt2_section=yaml_config.get("pt2"),
         )
@@ -95,12 +108,21 @@ class OptimizingHandler(BaseHandler):
         if not self.served.model.stage.ahead_of_time:
             for _ in range(self.served.settings.warmup_iterations):
                 self.served(*self.served.example)
-        self.initialized = True
-        self._report_ready(ready_record(self.model_name, self.served,
-                                        time.perf_counter() - started, self.pinned))
-        self.metrics.served(self.served.model)
+        self.built_threads = torch.get_num_threads()
+
+    def _rebuild_if_threads_changed(self) -> None:
+        """Follow a re-balance that changed the thread count of a model bound to it."""
         if self.pinned is not None:
-            self.pinned.on_placement(self.metrics.placement)
+            self.pinned.refresh()
+        threads = torch.get_num_threads()
+        if threads == self.built_threads or not self.served.model.stage.binds_thread_count:
+            return
+        started = time.perf_counter()
+        built = self.built_threads
+        self._build()
+        log.warning("launcher: %s rebuilt its model for %d intra-op threads (built for %d; "
+                    "oneDNN Graph keeps the count it was compiled for) in %.1fs",
+                    self.model_name, threads, built, time.perf_counter() - started)
 
     def _pin_worker(self) -> PinnedWorker | None:
         """Claim this worker's core block before any weights are touched (NUMA-local)."""
@@ -124,8 +146,7 @@ class OptimizingHandler(BaseHandler):
     def handle(self, data: list | None, context: object) -> list[object]:
         """BaseHandler's handle, after following a re-balance (one stat() when nothing
         changed): thread count and memory policy only this thread can apply."""
-        if self.pinned is not None:
-            self.pinned.refresh()
+        self._rebuild_if_threads_changed()
         return super().handle(data, context)
 
     def preprocess(self, data: list | None) -> DecodedBatch:

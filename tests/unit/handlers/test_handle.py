@@ -105,3 +105,51 @@ def test_multipart_form_upload_is_answered_as_the_raw_body(handler: OptimizingHa
     assert answers[:2] == [raw[0], raw[0]]
     assert [context.get_response_status(i)[0] for i in range(3)] == [200, 200, 400]
     assert "no form field named data (got file)" in answers[2]["error"]
+
+
+class FakeSeat:
+    """A PinnedWorker stand-in: refresh() applies the seat's thread count, as the real one
+    does on the inference thread."""
+
+    def __init__(self, threads: int) -> None:
+        from torchserve_cpu.launcher.worker import WorkerPlacement
+
+        self.threads = threads
+        self.placement = WorkerPlacement("tiny", (0,), 0, threads, "glibc", "not bound")
+
+    def refresh(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.threads)
+
+    def on_placement(self, listener) -> None:  # the metrics hook; no placement here
+        pass
+
+
+@pytest.mark.parametrize(("optimize", "rebuilds"), [("default", True), ("eager", False)])
+def test_a_thread_count_change_rebuilds_a_model_bound_to_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        optimize: str, rebuilds: bool) -> None:
+    """oneDNN Graph keeps the thread count it was compiled for (8x slower on a re-seated
+    worker): a re-balance that changes the count rebuilds such a model, once."""
+    import torch
+
+    before = torch.get_num_threads()
+    seat = FakeSeat(threads=1)
+    monkeypatch.setattr(optimizing_handler, "pin_current_worker", lambda model_name: seat)
+    handler = OptimizingHandler()
+    try:
+        handler.initialize(tiny_model_context(tmp_path, {**SECTION, "optimize": optimize}))
+        assert handler.built_threads == 1
+        assert handler.served.model.stage.binds_thread_count is rebuilds
+        seat.threads = 2  # a neighbour left: this worker grew
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            first, _ = call(handler, [png((200, 30, 30))])
+            again, _ = call(handler, [png((200, 30, 30))])
+        rebuilt = [r.getMessage() for r in caplog.records if "rebuilt its model" in r.getMessage()]
+        assert len(rebuilt) == (1 if rebuilds else 0), rebuilt
+        assert handler.built_threads == (2 if rebuilds else 1)
+        assert first == again and len(first[0]["topk"]) == 2
+    finally:
+        torch.set_num_threads(before)
