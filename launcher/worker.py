@@ -121,6 +121,9 @@ class PinnedWorker:
         self._threads_applied = 0
         self._memory = "not bound"
         self._listeners: list[Callable[[WorkerPlacement], None]] = []
+        # TorchServe stops a worker by killing its parent (with its launcher on, run_cpu's
+        # python): once re-parented, this worker is winding down and must not rejoin
+        self._parent = os.getppid()
         self.placement: WorkerPlacement
         # read the seat back from the file, not `entry`: a worker that joined after this
         # one's join returned has already moved it, and that write is in the stamp
@@ -141,6 +144,8 @@ class PinnedWorker:
             self._stamp = self.registry.stamp()  # before reading: a later write is seen
             if entry is None:
                 entry = self.registry.read().find(self.key)
+            if entry is None and os.getppid() != self._parent:
+                return  # swept while TorchServe stops this worker: keep out of the way
             if entry is None:  # the file was removed or we were swept by mistake: rejoin
                 entry = self.registry.join(*self.key, self.model, self._entry.frontend,
                                            self._entry.pool)
@@ -176,8 +181,10 @@ class PinnedWorker:
                 for listener in self._listeners:
                     listener(self.placement)
         if applied_now:
+            # Our own write changes the stamp too, and is left to look like a change (one
+            # more read): a stamp taken after it may already be another worker's write,
+            # which would then never be followed (seen: a worker stuck on 1 of 2 cores).
             self.registry.record_applied(self.key, self._threads_applied)
-            self._stamp = self.registry.stamp()  # our own write is not a change
         if entry.shared_with:
             log.warning("launcher: %s worker %d shares cores %s with pids %s: more workers "
                         "than core blocks; lower min_worker or widen the cpuset",

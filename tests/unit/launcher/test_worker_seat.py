@@ -1,0 +1,74 @@
+"""PinnedWorker following its seat in a real registry file, threads and affinity left alone
+(apply is faked): the stamp race that left a worker on one core of two, and a worker whose
+parent is gone not rejoining."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from torchserve_cpu.launcher import apply, worker
+from torchserve_cpu.launcher.options import parse_launcher_args
+from torchserve_cpu.launcher.registry import Registry
+from torchserve_cpu.launcher.sysroot import SysRoot
+from torchserve_cpu.launcher.worker import PinnedWorker
+
+from .test_registry import machine, pool
+
+ME = (10, 1)  # (pid, start time) of the worker under test; the others are 11, 12, ...
+
+
+@pytest.fixture
+def applied(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Thread counts the worker applied, in order (nothing touches this process)."""
+    threads: list[int] = []
+    monkeypatch.setattr(apply, "set_environ", lambda values: None)
+    monkeypatch.setattr(apply, "set_torch_threads", lambda n: threads.append(n) or n)
+    return threads
+
+
+def seated(tmp_path: Path) -> tuple[Registry, PinnedWorker]:
+    registry = Registry(machine(2), tmp_path, alive=lambda pid, started: True)
+    entry = registry.join(*ME, "a", 99, pool(2))
+    options = parse_launcher_args("--disable_numactl --disable_taskset")  # no pinning here
+    return registry, PinnedWorker(registry, entry, options, SysRoot(), "")
+
+
+def test_a_write_landing_right_after_ours_is_still_followed(
+        tmp_path: Path, applied: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between this worker's own write (applied_threads) and its next look at the file,
+    its neighbour leaves: the next batch must see that. (Taking the file's stamp after our
+    own write swallowed such a change: a worker stayed on 1 core of 2 in CI.)"""
+    registry, seat = seated(tmp_path)
+    assert seat.placement.cpus == (0, 1) and applied == [2]
+    real = registry.record_applied
+
+    def and_then_the_neighbour_leaves(key, threads):
+        real(key, threads)
+        registry.leave((11, 1))
+
+    registry.join(11, 1, "b", 99, pool(2))  # this worker shrinks to one core...
+    monkeypatch.setattr(registry, "record_applied", and_then_the_neighbour_leaves)
+    seat.refresh()  # ...applies 1 thread, writes it; right after, "b" leaves
+    assert applied == [2, 1]
+    seat.refresh()
+    assert seat.placement.cpus == (0, 1) and applied == [2, 1, 2]
+
+
+def test_an_orphaned_worker_does_not_rejoin(tmp_path: Path, applied: list[int],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """TorchServe stops a worker by killing its parent (run_cpu's python with its launcher
+    on); swept meanwhile, the orphan must not claim a seat again while it winds down."""
+    registry, seat = seated(tmp_path)
+    registry.leave(ME)  # swept: its parent was killed
+    monkeypatch.setattr(worker.os, "getppid", lambda: 1)  # re-parented
+    seat.refresh()
+    assert registry.read().entries == ()
+
+
+def test_a_worker_swept_by_mistake_rejoins(tmp_path: Path, applied: list[int]) -> None:
+    registry, seat = seated(tmp_path)
+    registry.leave(ME)  # the file was removed or rewritten by mistake; the parent lives
+    seat.refresh()
+    assert [e.key for e in registry.read().entries] == [ME]
