@@ -22,9 +22,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torchserve_cpu.launcher.procfs import process_stat
-from torchserve_cpu.launcher.properties import read_properties, write_properties
-from torchserve_cpu.launcher.serve import Prepared, derived_config_path, prepare, venv_bin
+from torchserve_cpu.launcher.host.procfs import process_stat
+from torchserve_cpu.launcher.torchserve.properties import read_properties, write_properties
+from torchserve_cpu.launcher.torchserve.serve import (
+    Prepared,
+    derived_config_path,
+    prepare,
+    venv_bin,
+)
 
 ADDRESS_KEYS = ("inference_address", "management_address", "metrics_address")
 

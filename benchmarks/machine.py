@@ -9,9 +9,9 @@ import socket
 
 import psutil
 
-from torchserve_cpu.launcher.cpulist import format_cpulist
-from torchserve_cpu.launcher.procfs import cpuinfo
-from torchserve_cpu.launcher.sysfs import node_cpus
+from torchserve_cpu.launcher.host.cpulist import format_cpulist
+from torchserve_cpu.launcher.host.procfs import cpuinfo
+from torchserve_cpu.launcher.host.sysfs import node_cpus
 
 #: The flags that decide which kernels run (the rest of /proc/cpuinfo's list is noise here).
 INTERESTING_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",

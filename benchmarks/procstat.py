@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import psutil
 
-from torchserve_cpu.launcher.procfs import process_stat
-from torchserve_cpu.launcher.sysroot import SysRoot
+from torchserve_cpu.launcher.host.procfs import CLOCK_TICKS, process_stat
+from torchserve_cpu.launcher.host.sysroot import SysRoot
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,8 @@ def read_stat(pid: int, sys_root: SysRoot | None = None) -> ProcCounters | None:
     stat = process_stat(pid, sys_root)
     if stat is None:
         return None
-    return ProcCounters(cpu_s=stat.cpu_seconds, minflt=stat.minflt, majflt=stat.majflt)
+    cpu_s = (stat.utime + stat.stime) / CLOCK_TICKS
+    return ProcCounters(cpu_s=cpu_s, minflt=stat.minflt, majflt=stat.majflt)
 
 
 def process_tree(root_pid: int) -> list[int]:

@@ -20,9 +20,9 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks.loopback_torchserve import start
-from torchserve_cpu.launcher.procfs import allowed_cpus
-from torchserve_cpu.launcher.properties import write_properties
-from torchserve_cpu.launcher.registry import FILE_NAME, REGISTRY_ENV, read_entries
+from torchserve_cpu.launcher.host.procfs import allowed_cpus
+from torchserve_cpu.launcher.torchserve.properties import write_properties
+from torchserve_cpu.launcher.torchserve.registry import FILE_NAME, REGISTRY_ENV, read_entries
 from torchserve_cpu.model_store.build import STORE_DIR, build_archive
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rebalance"

@@ -27,8 +27,8 @@ from benchmarks.scenarios import (
 )
 from benchmarks.stock_handler import THREADS_ENV
 from torchserve_cpu.handlers.served_record import ServedRecord, read_records
-from torchserve_cpu.launcher.procfs import mapped_allocator
-from torchserve_cpu.launcher.properties import parse_properties, write_properties
+from torchserve_cpu.launcher.planning.allocators import mapped_allocator
+from torchserve_cpu.launcher.torchserve.properties import parse_properties, write_properties
 
 STOCK_HANDLER = Path(__file__).resolve().parent / "stock_handler.py"
 

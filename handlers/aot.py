@@ -29,7 +29,7 @@ import torch
 
 from torchserve_cpu.handlers.pipeline import Stage, StepContext, StepError
 from torchserve_cpu.handlers.tasks import ModelInputs
-from torchserve_cpu.launcher.procfs import cpuinfo
+from torchserve_cpu.launcher.host import cpuinfo
 
 SCHEMA = "torchserve-cpu-aot/1"  # bump when the meaning of a record's fields changes
 

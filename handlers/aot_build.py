@@ -54,7 +54,7 @@ from torchserve_cpu.handlers.pipeline import StepPlan, has_convolutions, prepare
 from torchserve_cpu.handlers.pt2_section import apply_pt2
 from torchserve_cpu.handlers.settings import HandlerSettings, parse_settings
 from torchserve_cpu.handlers.tasks import ModelInputs, make_task
-from torchserve_cpu.launcher.procfs import cpuinfo
+from torchserve_cpu.launcher.host import cpuinfo
 
 log = logging.getLogger(__name__)
 

@@ -41,8 +41,8 @@ from ts.metrics.metric_type_enum import MetricTypes
 from torchserve_cpu.handlers import METRICS_CONFIG
 from torchserve_cpu.handlers.optimizer import Optimized, plan_dtype
 from torchserve_cpu.handlers.pipeline import StepPlan
-from torchserve_cpu.launcher.cpulist import format_cpulist
-from torchserve_cpu.launcher.worker import WorkerPlacement
+from torchserve_cpu.launcher.host import format_cpulist
+from torchserve_cpu.launcher.torchserve.worker import WorkerPlacement
 
 log = logging.getLogger(__name__)
 

@@ -40,8 +40,8 @@ from torchserve_cpu.handlers.profiling import op_ranges, stage_range
 from torchserve_cpu.handlers.served_model import ServedModel, build_served_model
 from torchserve_cpu.handlers.served_record import ServedRecord, record_line
 from torchserve_cpu.handlers.tasks import ModelInputs
-from torchserve_cpu.launcher.cpulist import format_cpulist
-from torchserve_cpu.launcher.worker import PinnedWorker, pin_current_worker
+from torchserve_cpu.launcher.host import format_cpulist
+from torchserve_cpu.launcher.torchserve.worker import PinnedWorker, pin_current_worker
 
 log = logging.getLogger(__name__)
 

@@ -10,17 +10,19 @@ import os
 import sys
 from pathlib import Path
 
-from torchserve_cpu.launcher.allocators import ALLOCATORS
-from torchserve_cpu.launcher.cpulist import format_cpulist
 from torchserve_cpu.launcher.errors import LauncherError
-from torchserve_cpu.launcher.facts import allowed_topology
-from torchserve_cpu.launcher.lscpu import read_lscpu
-from torchserve_cpu.launcher.options import parse_launcher_args
-from torchserve_cpu.launcher.planner import Plan, plan
-from torchserve_cpu.launcher.sysfs import read_topology
-from torchserve_cpu.launcher.sysroot import SysRoot
-from torchserve_cpu.launcher.topology import Topology
-from torchserve_cpu.launcher.tsconfig import read_ts_config, worker_counts
+from torchserve_cpu.launcher.host import (
+    SysRoot,
+    Topology,
+    allowed_topology,
+    format_cpulist,
+    read_lscpu,
+    read_topology,
+)
+from torchserve_cpu.launcher.planning.allocators import ALLOCATORS
+from torchserve_cpu.launcher.planning.options import parse_launcher_args
+from torchserve_cpu.launcher.planning.planner import Plan, plan
+from torchserve_cpu.launcher.torchserve.tsconfig import read_ts_config, worker_counts
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,7 +122,7 @@ def run_doctor(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from torchserve_cpu.launcher import serve
+    from torchserve_cpu.launcher.torchserve import serve
 
     config = serve.find_ts_config(os.environ, args.ts_config, Path.cwd())
     store = serve.find_model_store(config, args.model_store)
@@ -137,7 +139,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_link_allocators(args: argparse.Namespace) -> int:
-    from torchserve_cpu.launcher.environment import link_allocators, run_cpu_link_dir
+    from torchserve_cpu.launcher.planning.environment import link_allocators, run_cpu_link_dir
 
     for line in link_allocators(args.dir or run_cpu_link_dir(os.environ)):
         print(line)

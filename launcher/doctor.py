@@ -8,23 +8,22 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from torchserve_cpu.launcher.allocators import ALLOCATORS, PRELOAD_FIX
-from torchserve_cpu.launcher.cpulist import format_cpulist
-from torchserve_cpu.launcher.environment import choose_allocator
 from torchserve_cpu.launcher.errors import LauncherError
-from torchserve_cpu.launcher.options import parse_launcher_args
-from torchserve_cpu.launcher.procfs import (
+from torchserve_cpu.launcher.host import (
+    SysRoot,
+    Topology,
     allowed_cpus,
     environ,
-    mapped_allocator,
+    format_cpulist,
     numa_pages,
+    read_topology,
     status_fields,
-    torchserve_workers,
 )
-from torchserve_cpu.launcher.registry import Entry, read_entries
-from torchserve_cpu.launcher.sysfs import read_topology
-from torchserve_cpu.launcher.sysroot import SysRoot
-from torchserve_cpu.launcher.topology import Topology
+from torchserve_cpu.launcher.planning.allocators import ALLOCATORS, PRELOAD_FIX, mapped_allocator
+from torchserve_cpu.launcher.planning.environment import choose_allocator
+from torchserve_cpu.launcher.planning.options import parse_launcher_args
+from torchserve_cpu.launcher.torchserve.processes import torchserve_workers
+from torchserve_cpu.launcher.torchserve.registry import Entry, read_entries
 
 # the start-up variables that decide threads and memory, shown per worker
 SHOWN_ENV = (

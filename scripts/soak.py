@@ -27,8 +27,8 @@ if str(REPO) not in sys.path:  # run as a file: make the project importable
 
 from benchmarks.ab import AbLoad, AbResult, run_ab  # noqa: E402
 from benchmarks.loopback_torchserve import TorchServe, start_with_launcher  # noqa: E402
-from torchserve_cpu.launcher.cpulist import format_cpulist  # noqa: E402
-from torchserve_cpu.launcher.procfs import allowed_cpus, status_fields  # noqa: E402
+from torchserve_cpu.launcher.host.cpulist import format_cpulist  # noqa: E402
+from torchserve_cpu.launcher.host.procfs import allowed_cpus, status_fields  # noqa: E402
 
 IMAGE = REPO / "model_store" / "samples" / "shapes.jpg"
 RESULTS = REPO / "benchmarks" / "results" / "soak"

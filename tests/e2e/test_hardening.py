@@ -37,8 +37,8 @@ from PIL import Image
 from benchmarks import loopback_torchserve as server
 from benchmarks.ab import AbLoad, ab_command
 from benchmarks.loopback_torchserve import Reply, post
-from torchserve_cpu.launcher.cpulist import parse_cpulist
-from torchserve_cpu.launcher.registry import read_entries
+from torchserve_cpu.launcher.host.cpulist import parse_cpulist
+from torchserve_cpu.launcher.torchserve.registry import read_entries
 from torchserve_cpu.model_store.build import STORE_DIR, build_archive
 
 REPO = Path(__file__).resolve().parents[2]

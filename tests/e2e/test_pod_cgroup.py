@@ -22,9 +22,10 @@ from tests.integration.launcher.launcher_probe import wait_for
 from tests.support.prometheus import Sample, named, placement_cpus, placements, scrape
 from tests.support.tiny_archive import build_tiny_archive
 from torchserve_cpu.handlers import HANDLER_FILE
-from torchserve_cpu.launcher.procfs import allowed_cpus, mapped_allocator
-from torchserve_cpu.launcher.properties import write_properties
-from torchserve_cpu.launcher.registry import read_entries
+from torchserve_cpu.launcher.host.procfs import allowed_cpus
+from torchserve_cpu.launcher.planning.allocators import mapped_allocator
+from torchserve_cpu.launcher.torchserve.properties import write_properties
+from torchserve_cpu.launcher.torchserve.registry import read_entries
 
 REPO = Path(__file__).resolve().parents[2]
 ENTRYPOINT = REPO / "config" / "container" / "entrypoint.sh"

@@ -7,7 +7,7 @@ import re
 import urllib.request
 from dataclasses import dataclass
 
-from torchserve_cpu.launcher.cpulist import parse_cpulist
+from torchserve_cpu.launcher.host.cpulist import parse_cpulist
 
 # Metric.PATTERN in frontend/server/src/main/java/org/pytorch/serve/metrics/Metric.java
 # (v0.12.0), applied by WorkerLifeCycle to what follows "[METRICS]" on a worker's stdout.

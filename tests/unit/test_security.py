@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from torchserve_cpu.handlers.loading import load_state_dict
-from torchserve_cpu.launcher.properties import read_properties
+from torchserve_cpu.launcher.torchserve.properties import read_properties
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "config").glob("*.properties"))

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from torchserve_cpu.launcher.balance import Pool
 from torchserve_cpu.launcher.errors import LauncherError
-from torchserve_cpu.launcher.procfs import start_time
-from torchserve_cpu.launcher.registry import Registry
-from torchserve_cpu.launcher.topology import Cpu, Topology
+from torchserve_cpu.launcher.host.procfs import start_time
+from torchserve_cpu.launcher.host.topology import Cpu, Topology
+from torchserve_cpu.launcher.planning.balance import Pool
+from torchserve_cpu.launcher.torchserve.registry import Registry
 
 BLOCKS = 8
 MACHINE = Topology(tuple(Cpu(i, (i,), 0, 0) for i in range(BLOCKS)), nodes=(0,))

@@ -44,7 +44,7 @@ def where_waiting(pid: int) -> str:
 
 
 def allowed_list(pid: int) -> set[int]:
-    from torchserve_cpu.launcher.procfs import allowed_cpus
+    from torchserve_cpu.launcher.host.procfs import allowed_cpus
 
     return set(allowed_cpus(pid))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from torchserve_cpu.launcher.worker import pin_current_worker
+from torchserve_cpu.launcher.torchserve.worker import pin_current_worker
 
 
 class ProbeHandler:

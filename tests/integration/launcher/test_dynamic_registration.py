@@ -31,7 +31,7 @@ from tests.integration.launcher.launcher_probe import (
     write_config,
 )
 from torchserve_cpu.launcher.doctor import inspect
-from torchserve_cpu.launcher.registry import read_entries
+from torchserve_cpu.launcher.torchserve.registry import read_entries
 
 HERE = Path(__file__).parent
 

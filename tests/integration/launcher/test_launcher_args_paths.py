@@ -24,10 +24,10 @@ from tests.integration.launcher.launcher_probe import (
     env_with_registry,
     write_config,
 )
-from torchserve_cpu.launcher.balance import Demand, Pool, assign
-from torchserve_cpu.launcher.options import parse_launcher_args
-from torchserve_cpu.launcher.registry import read_entries
-from torchserve_cpu.launcher.sysfs import read_topology
+from torchserve_cpu.launcher.host.sysfs import read_topology
+from torchserve_cpu.launcher.planning.balance import Demand, Pool, assign
+from torchserve_cpu.launcher.planning.options import parse_launcher_args
+from torchserve_cpu.launcher.torchserve.registry import read_entries
 
 FLAGS = [
     "",

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from torchserve_cpu.launcher.errors import LauncherError
-from torchserve_cpu.launcher.properties import read_properties
-from torchserve_cpu.launcher.serve import derived_config_path, prepare
+from torchserve_cpu.launcher.torchserve.properties import read_properties
+from torchserve_cpu.launcher.torchserve.serve import derived_config_path, prepare
 
 
 def test_prepare_sets_allocator_and_disables_run_cpu(probe_store: Path, tmp_path: Path) -> None:

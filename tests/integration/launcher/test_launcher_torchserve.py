@@ -17,8 +17,8 @@ from tests.integration.launcher.launcher_probe import (
     write_config,
 )
 from torchserve_cpu.launcher.doctor import inspect
-from torchserve_cpu.launcher.procfs import mapped_allocator
-from torchserve_cpu.launcher.registry import read_entries
+from torchserve_cpu.launcher.planning.allocators import mapped_allocator
+from torchserve_cpu.launcher.torchserve.registry import read_entries
 
 
 @pytest.fixture(scope="module")

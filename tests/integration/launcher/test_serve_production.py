@@ -26,8 +26,8 @@ import pytest
 
 from torchserve_cpu.handlers import METRICS_CONFIG
 from torchserve_cpu.launcher.errors import LauncherError
-from torchserve_cpu.launcher.properties import parse_properties, read_properties
-from torchserve_cpu.launcher.serve import (
+from torchserve_cpu.launcher.torchserve.properties import parse_properties, read_properties
+from torchserve_cpu.launcher.torchserve.serve import (
     DEFAULT_CONFIG,
     derived_config_text,
     exit_status,

@@ -17,8 +17,8 @@ from packaging.version import Version
 from benchmarks.loopback_torchserve import post, start
 from tests.support.packaging import REPO, build_wheel, plugin_venv
 from tests.support.tiny_archive import build_tiny_archive
-from torchserve_cpu.launcher.procfs import allowed_cpus
-from torchserve_cpu.launcher.sysfs import read_topology
+from torchserve_cpu.launcher.host.procfs import allowed_cpus
+from torchserve_cpu.launcher.host.sysfs import read_topology
 
 RUN_TIME = {"torchserve", "pyyaml", "psutil", "pillow", "numpy"}
 

@@ -14,8 +14,8 @@ from benchmarks.metrics import (
     percentile,
     prometheus_mean_latency_ms,
 )
-from torchserve_cpu.launcher.procfs import CLOCK_TICKS
-from torchserve_cpu.launcher.sysroot import SysRoot
+from torchserve_cpu.launcher.host.procfs import CLOCK_TICKS
+from torchserve_cpu.launcher.host.sysroot import SysRoot
 
 DATA = Path(__file__).parent / "data"
 SAVED_ROOT = SysRoot(Path(__file__).resolve().parents[2] / "data")  # holds proc/4242

@@ -15,8 +15,8 @@ from tests.support.torchserve_calls import TS_METRICS_CONFIG, call, png, tiny_mo
 from torchserve_cpu.handlers import METRICS_CONFIG, optimizing_handler
 from torchserve_cpu.handlers.metrics import METRICS, STAGES, WorkerMetrics
 from torchserve_cpu.handlers.optimizing_handler import OptimizingHandler
-from torchserve_cpu.launcher.cpulist import parse_cpulist
-from torchserve_cpu.launcher.worker import WorkerPlacement
+from torchserve_cpu.launcher.host.cpulist import parse_cpulist
+from torchserve_cpu.launcher.torchserve.worker import WorkerPlacement
 
 # bf16 cannot pass a gate that allows no difference at all: refused, then fp32 is accepted
 SECTION = {"task": "image_classification", "optimize": "eager", "dtype": "bf16",

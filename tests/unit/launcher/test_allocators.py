@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from torchserve_cpu.launcher.allocators import (
+from torchserve_cpu.launcher.planning.allocators import (
     ALLOCATORS,
     DEFAULT,
     FALLBACK,
     allocator_in,
     allocator_named,
 )
-from torchserve_cpu.launcher.environment import LIBRARY_FILES, choose_allocator
-from torchserve_cpu.launcher.options import parse_launcher_args
+from torchserve_cpu.launcher.planning.environment import LIBRARY_FILES, choose_allocator
+from torchserve_cpu.launcher.planning.options import parse_launcher_args
 
 SETUP = Path(__file__).resolve().parents[3] / "scripts" / "setup.sh"
 

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torchserve_cpu.launcher.balance import Demand, Pool, assign
 from torchserve_cpu.launcher.errors import LauncherError
-from torchserve_cpu.launcher.lscpu import read_lscpu
-from torchserve_cpu.launcher.options import LauncherOptions
-from torchserve_cpu.launcher.topology import Topology
+from torchserve_cpu.launcher.host.lscpu import read_lscpu
+from torchserve_cpu.launcher.host.topology import Topology
+from torchserve_cpu.launcher.planning.balance import Demand, Pool, assign
+from torchserve_cpu.launcher.planning.options import LauncherOptions
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "topologies"
 

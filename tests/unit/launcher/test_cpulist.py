@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from torchserve_cpu.launcher.cpulist import format_cpulist, parse_cpulist
 from torchserve_cpu.launcher.errors import LauncherError
+from torchserve_cpu.launcher.host.cpulist import format_cpulist, parse_cpulist
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from torchserve_cpu.launcher.allocators import JEMALLOC_MALLOC_CONF
-from torchserve_cpu.launcher.environment import (
+from torchserve_cpu.launcher.errors import LauncherError
+from torchserve_cpu.launcher.planning.allocators import JEMALLOC_MALLOC_CONF
+from torchserve_cpu.launcher.planning.environment import (
     LIBRARY_DIRS,
     arm_env,
     choose_allocator,
@@ -16,8 +17,7 @@ from torchserve_cpu.launcher.environment import (
     run_cpu_link_dir,
     worker_env,
 )
-from torchserve_cpu.launcher.errors import LauncherError
-from torchserve_cpu.launcher.options import parse_launcher_args
+from torchserve_cpu.launcher.planning.options import parse_launcher_args
 
 LIBS = {
     "tcmalloc": Path("/lib/libtcmalloc.so.4"),

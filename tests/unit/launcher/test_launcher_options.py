@@ -3,7 +3,11 @@ from __future__ import annotations
 import pytest
 
 from torchserve_cpu.launcher.errors import LauncherError
-from torchserve_cpu.launcher.options import BOOL_FLAGS, LauncherOptions, parse_launcher_args
+from torchserve_cpu.launcher.planning.options import (
+    BOOL_FLAGS,
+    LauncherOptions,
+    parse_launcher_args,
+)
 
 
 def test_empty_args_are_defaults() -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from torchserve_cpu.launcher.errors import LauncherError
-from torchserve_cpu.launcher.lscpu import parse_lscpu, read_lscpu
-from torchserve_cpu.launcher.sysfs import read_topology
+from torchserve_cpu.launcher.host.lscpu import parse_lscpu, read_lscpu
+from torchserve_cpu.launcher.host.sysfs import read_topology
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "topologies"
 

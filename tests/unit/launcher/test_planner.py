@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from torchserve_cpu.launcher.errors import LauncherError
-from torchserve_cpu.launcher.lscpu import read_lscpu
-from torchserve_cpu.launcher.options import parse_launcher_args
-from torchserve_cpu.launcher.planner import plan
-from torchserve_cpu.launcher.sysfs import read_topology
-from torchserve_cpu.launcher.sysroot import SysRoot
-from torchserve_cpu.launcher.topology import Topology
+from torchserve_cpu.launcher.host.lscpu import read_lscpu
+from torchserve_cpu.launcher.host.sysfs import read_topology
+from torchserve_cpu.launcher.host.sysroot import SysRoot
+from torchserve_cpu.launcher.host.topology import Topology
+from torchserve_cpu.launcher.planning.options import parse_launcher_args
+from torchserve_cpu.launcher.planning.planner import plan
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "topologies"
 

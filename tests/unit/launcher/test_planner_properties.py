@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from torchserve_cpu.launcher.errors import LauncherError
-from torchserve_cpu.launcher.options import LauncherOptions
-from torchserve_cpu.launcher.planner import plan
-from torchserve_cpu.launcher.topology import Cpu, Topology
+from torchserve_cpu.launcher.host.topology import Cpu, Topology
+from torchserve_cpu.launcher.planning.options import LauncherOptions
+from torchserve_cpu.launcher.planning.planner import plan
 
 
 @st.composite

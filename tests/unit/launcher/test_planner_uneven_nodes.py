@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from torchserve_cpu.launcher.errors import LauncherError
-from torchserve_cpu.launcher.lscpu import read_lscpu
-from torchserve_cpu.launcher.options import parse_launcher_args
-from torchserve_cpu.launcher.planner import Plan, plan
-from torchserve_cpu.launcher.topology import Cpu, Topology
+from torchserve_cpu.launcher.host.lscpu import read_lscpu
+from torchserve_cpu.launcher.host.topology import Cpu, Topology
+from torchserve_cpu.launcher.planning.options import parse_launcher_args
+from torchserve_cpu.launcher.planning.planner import Plan, plan
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "topologies"
 SPANS = "some blocks span nodes"

@@ -5,17 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from torchserve_cpu.launcher.allocators import ALLOCATORS
 from torchserve_cpu.launcher.doctor import WorkerReport, problems
-from torchserve_cpu.launcher.lscpu import read_lscpu
-from torchserve_cpu.launcher.procfs import (
-    FRONTEND_CLASS,
+from torchserve_cpu.launcher.host.lscpu import read_lscpu
+from torchserve_cpu.launcher.host.procfs import (
     allowed_cpus,
     cpuinfo,
     environ,
-    frontend_of,
     iomp_loaded,
-    mapped_allocator,
     mapped_libraries,
     numa_pages,
     parent_pid,
@@ -24,7 +20,9 @@ from torchserve_cpu.launcher.procfs import (
     status_fields,
     thread_ids,
 )
-from torchserve_cpu.launcher.sysroot import SysRoot
+from torchserve_cpu.launcher.host.sysroot import SysRoot
+from torchserve_cpu.launcher.planning.allocators import ALLOCATORS, mapped_allocator
+from torchserve_cpu.launcher.torchserve.processes import FRONTEND_CLASS, frontend_of
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "topologies"
 SAVED = SysRoot(DATA.parent)  # proc/4242: a worker's /proc entry, proc/cpuinfo

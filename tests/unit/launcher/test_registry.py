@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from torchserve_cpu.launcher.balance import Pool
 from torchserve_cpu.launcher.errors import LauncherError
-from torchserve_cpu.launcher.lscpu import read_lscpu
-from torchserve_cpu.launcher.procfs import start_time
-from torchserve_cpu.launcher.registry import (
+from torchserve_cpu.launcher.host.lscpu import read_lscpu
+from torchserve_cpu.launcher.host.procfs import start_time
+from torchserve_cpu.launcher.host.topology import Cpu, Topology
+from torchserve_cpu.launcher.planning.balance import Pool
+from torchserve_cpu.launcher.torchserve.registry import (
     REGISTRY_ENV,
     Registry,
     default_directory,
     read_entries,
 )
-from torchserve_cpu.launcher.topology import Cpu, Topology
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "topologies"
 

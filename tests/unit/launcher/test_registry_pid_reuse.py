@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from torchserve_cpu.launcher.balance import Pool
-from torchserve_cpu.launcher.procfs import start_time
-from torchserve_cpu.launcher.registry import Registry, read_entries
-from torchserve_cpu.launcher.topology import Cpu, Topology
+from torchserve_cpu.launcher.host.procfs import start_time
+from torchserve_cpu.launcher.host.topology import Cpu, Topology
+from torchserve_cpu.launcher.planning.balance import Pool
+from torchserve_cpu.launcher.torchserve.registry import Registry, read_entries
 
 MACHINE = Topology(tuple(Cpu(i, (i,), 0, 0) for i in range(2)), nodes=(0,), source="test")
 POOL = Pool((0, 1), None, "")

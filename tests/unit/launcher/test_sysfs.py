@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import os
 
-from torchserve_cpu.launcher.options import LauncherOptions
-from torchserve_cpu.launcher.planner import plan
-from torchserve_cpu.launcher.procfs import allowed_cpus
-from torchserve_cpu.launcher.sysfs import cgroup_cpu_quota, cgroup_cpuset, read_topology
-from torchserve_cpu.launcher.sysroot import SysRoot
+from torchserve_cpu.launcher.host.procfs import allowed_cpus
+from torchserve_cpu.launcher.host.sysfs import cgroup_cpu_quota, cgroup_cpuset, read_topology
+from torchserve_cpu.launcher.host.sysroot import SysRoot
+from torchserve_cpu.launcher.planning.options import LauncherOptions
+from torchserve_cpu.launcher.planning.planner import plan
 
 
 def test_hybrid_core_kinds(sysfs_tree) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from torchserve_cpu.launcher.errors import LauncherError
-from torchserve_cpu.launcher.tsconfig import model_entries, read_ts_config, worker_counts
+from torchserve_cpu.launcher.torchserve.tsconfig import model_entries, read_ts_config, worker_counts
 
 
 def mar(store: Path, file: str, name: str, config_yaml: str | None = None) -> Path:

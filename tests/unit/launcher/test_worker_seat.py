@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from torchserve_cpu.launcher import apply, worker
-from torchserve_cpu.launcher.options import parse_launcher_args
-from torchserve_cpu.launcher.registry import Registry
-from torchserve_cpu.launcher.sysroot import SysRoot
-from torchserve_cpu.launcher.worker import PinnedWorker
+from torchserve_cpu.launcher.host.sysroot import SysRoot
+from torchserve_cpu.launcher.planning.options import parse_launcher_args
+from torchserve_cpu.launcher.torchserve import apply, worker
+from torchserve_cpu.launcher.torchserve.registry import Registry
+from torchserve_cpu.launcher.torchserve.worker import PinnedWorker
 
 from .test_registry import machine, pool
 

@@ -25,11 +25,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from torchserve_cpu.launcher.cpulist import format_cpulist
 from torchserve_cpu.launcher.errors import LauncherError
-from torchserve_cpu.launcher.options import LauncherOptions, parse_launcher_args
-from torchserve_cpu.launcher.planner import Block, plan
-from torchserve_cpu.launcher.topology import CoreKey, Topology
+from torchserve_cpu.launcher.host import CoreKey, Topology, format_cpulist
+from torchserve_cpu.launcher.planning.options import LauncherOptions, parse_launcher_args
+from torchserve_cpu.launcher.planning.planner import Block, plan
 
 WorkerKey = tuple[int, int]  # (pid, start time): one process even after pid reuse
 

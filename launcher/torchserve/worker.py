@@ -26,26 +26,25 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from torchserve_cpu.launcher import apply
-from torchserve_cpu.launcher.allocators import PRELOAD_FIX
-from torchserve_cpu.launcher.balance import Pool
-from torchserve_cpu.launcher.cpulist import format_cpulist
-from torchserve_cpu.launcher.environment import choose_allocator, late_env, worker_env
 from torchserve_cpu.launcher.errors import LauncherError
-from torchserve_cpu.launcher.facts import allowed_topology
-from torchserve_cpu.launcher.options import LauncherOptions
-from torchserve_cpu.launcher.procfs import (
-    Frontend,
-    frontend_of,
+from torchserve_cpu.launcher.host import (
+    SysRoot,
+    allowed_topology,
+    format_cpulist,
     iomp_loaded,
-    mapped_allocator,
+    nodes_with_memory,
     parent_pid,
+    read_topology,
 )
-from torchserve_cpu.launcher.procfs import start_time as process_start_time
-from torchserve_cpu.launcher.registry import Entry, Registry
-from torchserve_cpu.launcher.sysfs import nodes_with_memory, read_topology
-from torchserve_cpu.launcher.sysroot import SysRoot
-from torchserve_cpu.launcher.tsconfig import read_ts_config
+from torchserve_cpu.launcher.host import start_time as process_start_time
+from torchserve_cpu.launcher.planning.allocators import PRELOAD_FIX, mapped_allocator
+from torchserve_cpu.launcher.planning.balance import Pool
+from torchserve_cpu.launcher.planning.environment import choose_allocator, late_env, worker_env
+from torchserve_cpu.launcher.planning.options import LauncherOptions
+from torchserve_cpu.launcher.torchserve import apply
+from torchserve_cpu.launcher.torchserve.processes import Frontend, frontend_of
+from torchserve_cpu.launcher.torchserve.registry import Entry, Registry
+from torchserve_cpu.launcher.torchserve.tsconfig import read_ts_config
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from torchserve_cpu.launcher.host import SysRoot, mapped_libraries
+
 # Measured on the development machine (ResNet-50-shaped net, batch 1, one thread):
 # run_cpu's "oversize_threshold:1,background_thread:true,metadata_thp:auto" gave ~15k
 # minor page faults per inference, jemalloc's defaults ~9k, and any finite decay
@@ -94,3 +96,10 @@ def allocator_in(library_files: Iterable[str]) -> str:
         if prefix and any(name.startswith(prefix) for name in names):
             return entry.name
     return FALLBACK
+
+
+def mapped_allocator(pid: int | str = "self", sys_root: SysRoot | None = None) -> str | None:
+    """The malloc actually mapped in the process (an allocators.ALLOCATORS name); None
+    when its maps cannot be read (it exited, or belongs to another user)."""
+    libraries = mapped_libraries(pid, sys_root)
+    return None if libraries is None else allocator_in(libraries)

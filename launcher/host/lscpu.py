@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from torchserve_cpu.launcher.errors import LauncherError
-from torchserve_cpu.launcher.topology import Cpu, Topology
+from torchserve_cpu.launcher.host.topology import Cpu, Topology
 
 COLUMNS = ("CPU", "CORE", "SOCKET", "NODE")
 

@@ -15,10 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from torchserve_cpu.launcher.cpulist import format_cpulist
 from torchserve_cpu.launcher.errors import LauncherError
-from torchserve_cpu.launcher.options import LauncherOptions
-from torchserve_cpu.launcher.topology import Topology
+from torchserve_cpu.launcher.host import Topology, format_cpulist
+from torchserve_cpu.launcher.planning.options import LauncherOptions
 
 LATENCY_MODE_CORES = 4  # run_cpu's --latency_mode block size
 

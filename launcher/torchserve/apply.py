@@ -12,8 +12,7 @@ import os
 import platform
 from collections.abc import Iterable, MutableMapping
 
-from torchserve_cpu.launcher.procfs import thread_ids
-from torchserve_cpu.launcher.sysroot import SysRoot
+from torchserve_cpu.launcher.host import SysRoot, thread_ids
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import yaml
 
 from torchserve_cpu.launcher.errors import LauncherError
-from torchserve_cpu.launcher.options import LauncherOptions, parse_launcher_args
-from torchserve_cpu.launcher.properties import parse_properties
+from torchserve_cpu.launcher.planning.options import LauncherOptions, parse_launcher_args
+from torchserve_cpu.launcher.torchserve.properties import parse_properties
 
 ENABLE_KEY = "cpu_launcher_enable"
 ENV_REFERENCE = re.compile(r"\$\$([^$]+[^$])\$\$")  # ConfigManager.resolveEnvVarVals

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torchserve_cpu.launcher.cpulist import parse_cpulist
-from torchserve_cpu.launcher.procfs import CgroupDir, cgroup_dirs
-from torchserve_cpu.launcher.sysroot import SysRoot
-from torchserve_cpu.launcher.topology import Cpu, Topology
+from torchserve_cpu.launcher.host.cpulist import parse_cpulist
+from torchserve_cpu.launcher.host.procfs import CgroupDir, cgroup_dirs
+from torchserve_cpu.launcher.host.sysroot import SysRoot
+from torchserve_cpu.launcher.host.topology import Cpu, Topology
 
 CPU_DIR = "sys/devices/system/cpu"
 NODE_DIR = "sys/devices/system/node"

@@ -22,11 +22,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from torchserve_cpu.launcher.balance import Demand, Pool, WorkerKey, assign
-from torchserve_cpu.launcher.cpulist import format_cpulist
 from torchserve_cpu.launcher.errors import LauncherError
-from torchserve_cpu.launcher.procfs import is_alive
-from torchserve_cpu.launcher.topology import Topology
+from torchserve_cpu.launcher.host import Topology, format_cpulist, is_alive
+from torchserve_cpu.launcher.planning.balance import Demand, Pool, WorkerKey, assign
 
 REGISTRY_ENV = "TSCPU_REGISTRY_DIR"
 FILE_NAME = "torchserve-cpu-registry.json"

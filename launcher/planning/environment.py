@@ -14,9 +14,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from torchserve_cpu.launcher.allocators import ALLOCATORS, DEFAULT, FALLBACK, allocator_named
 from torchserve_cpu.launcher.errors import LauncherError
-from torchserve_cpu.launcher.options import LauncherOptions
+from torchserve_cpu.launcher.planning.allocators import (
+    ALLOCATORS,
+    DEFAULT,
+    FALLBACK,
+    allocator_named,
+)
+from torchserve_cpu.launcher.planning.options import LauncherOptions
 
 log = logging.getLogger(__name__)
 

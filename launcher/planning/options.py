@@ -12,9 +12,9 @@ import shlex
 from dataclasses import dataclass
 from typing import Literal
 
-from torchserve_cpu.launcher.allocators import ALLOCATORS
-from torchserve_cpu.launcher.cpulist import parse_cpulist
 from torchserve_cpu.launcher.errors import LauncherError
+from torchserve_cpu.launcher.host import parse_cpulist
+from torchserve_cpu.launcher.planning.allocators import ALLOCATORS
 
 Mode = Literal["latency", "throughput"]
 Oversubscribe = Literal["share", "refuse"]

@@ -32,17 +32,19 @@ from pathlib import Path
 import psutil
 
 from torchserve_cpu.handlers import METRICS_CONFIG  # a path only: imports no torch
-from torchserve_cpu.launcher.balance import Demand, Pool, assign
-from torchserve_cpu.launcher.environment import AllocatorChoice, choose_allocator, process_env
 from torchserve_cpu.launcher.errors import LauncherError
-from torchserve_cpu.launcher.facts import allowed_topology
-from torchserve_cpu.launcher.options import LauncherOptions
-from torchserve_cpu.launcher.planner import Plan
-from torchserve_cpu.launcher.procfs import parent_pid
-from torchserve_cpu.launcher.properties import parse_properties, read_properties
-from torchserve_cpu.launcher.topology import Topology
-from torchserve_cpu.launcher.tsconfig import ENABLE_KEY, model_entries, read_ts_config
-from torchserve_cpu.launcher.worker import CONFIG_ENV
+from torchserve_cpu.launcher.host import Topology, allowed_topology, parent_pid
+from torchserve_cpu.launcher.planning.balance import Demand, Pool, assign
+from torchserve_cpu.launcher.planning.environment import (
+    AllocatorChoice,
+    choose_allocator,
+    process_env,
+)
+from torchserve_cpu.launcher.planning.options import LauncherOptions
+from torchserve_cpu.launcher.planning.planner import Plan
+from torchserve_cpu.launcher.torchserve.properties import parse_properties, read_properties
+from torchserve_cpu.launcher.torchserve.tsconfig import ENABLE_KEY, model_entries, read_ts_config
+from torchserve_cpu.launcher.torchserve.worker import CONFIG_ENV
 
 log = logging.getLogger(__name__)
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from torchserve_cpu.launcher.errors import LauncherError
-from torchserve_cpu.launcher.procfs import allowed_cpus
-from torchserve_cpu.launcher.sysfs import cgroup_cpu_quota, cgroup_cpuset, read_topology
-from torchserve_cpu.launcher.sysroot import SysRoot
-from torchserve_cpu.launcher.topology import Topology
+from torchserve_cpu.launcher.host.procfs import allowed_cpus
+from torchserve_cpu.launcher.host.sysfs import cgroup_cpu_quota, cgroup_cpuset, read_topology
+from torchserve_cpu.launcher.host.sysroot import SysRoot
+from torchserve_cpu.launcher.host.topology import Topology
 
 
 def allowed_topology(pid: int | str = "self", sys_root: SysRoot | None = None) -> Topology:
