@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 
 from benchmarks.reference import raw_items_per_s
-from torchserve_cpu.handlers.ipex_support import IpexStatus, probe_ipex
 from torchserve_cpu.handlers.loading import load_state_dict
-from torchserve_cpu.handlers.optimizer import Optimized, optimize
-from torchserve_cpu.handlers.settings import parse_settings
+from torchserve_cpu.handlers.model_config import parse_settings
+from torchserve_cpu.handlers.optimize.ipex_support import IpexStatus, probe_ipex
+from torchserve_cpu.handlers.optimize.optimizer import Optimized, optimize
 from torchserve_cpu.handlers.tasks import make_task
 from torchserve_cpu.model_store.build import MODELS, STORE_DIR, model_class_for, weights_path
 

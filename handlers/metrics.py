@@ -38,11 +38,10 @@ from typing import NamedTuple
 from ts.metrics.metric_cache_errors import MetricsCacheKeyError
 from ts.metrics.metric_type_enum import MetricTypes
 
-from torchserve_cpu.handlers import METRICS_CONFIG
-from torchserve_cpu.handlers.optimizer import Optimized, plan_dtype
-from torchserve_cpu.handlers.pipeline import StepPlan
+from torchserve_cpu.handlers.optimize import Optimized, StepPlan, plan_dtype
 from torchserve_cpu.launcher.host import format_cpulist
-from torchserve_cpu.launcher.torchserve.worker import WorkerPlacement
+from torchserve_cpu.launcher.resources import METRICS_CONFIG
+from torchserve_cpu.launcher.torchserve import WorkerPlacement
 
 log = logging.getLogger(__name__)
 

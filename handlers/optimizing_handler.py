@@ -41,7 +41,7 @@ from torchserve_cpu.handlers.served_model import ServedModel, build_served_model
 from torchserve_cpu.handlers.served_record import ServedRecord, record_line
 from torchserve_cpu.handlers.tasks import ModelInputs
 from torchserve_cpu.launcher.host import format_cpulist
-from torchserve_cpu.launcher.torchserve.worker import PinnedWorker, pin_current_worker
+from torchserve_cpu.launcher.torchserve import PinnedWorker, pin_current_worker
 
 log = logging.getLogger(__name__)
 

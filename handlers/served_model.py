@@ -15,12 +15,16 @@ from pathlib import Path
 
 import torch
 
-from torchserve_cpu.handlers.archive_inputs import check_inputs
-from torchserve_cpu.handlers.ipex_support import IpexStatus, probe_ipex
 from torchserve_cpu.handlers.loading import load_model
-from torchserve_cpu.handlers.optimizer import Optimized, optimize
-from torchserve_cpu.handlers.pt2_section import apply_pt2
-from torchserve_cpu.handlers.settings import HandlerSettings, parse_settings
+from torchserve_cpu.handlers.model_config import settings_from_sections
+from torchserve_cpu.handlers.optimize import (
+    IpexStatus,
+    Optimized,
+    check_inputs,
+    optimize,
+    probe_ipex,
+)
+from torchserve_cpu.handlers.settings import HandlerSettings
 from torchserve_cpu.handlers.tasks import ModelInputs, Task, make_task
 
 #: The eager baseline never imports IPEX: importing it changes TorchScript in the process.
@@ -57,7 +61,7 @@ def build_served_model(
     the eager fp32 model as loaded, whatever the section asks (the stock baseline), and
     skips the IPEX probe. `ipex` replaces the probe (tests, IPEX-vs-native comparisons).
     """
-    settings = apply_pt2(parse_settings(handler_section), pt2_section, handler_section)
+    settings = settings_from_sections(handler_section, pt2_section)
     if not optimized:
         settings = replace(settings, optimize="eager", dtype="fp32")
     task = make_task(settings, model_dir)

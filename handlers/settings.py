@@ -3,8 +3,8 @@
 Every mistake raises ValueError naming the key (`handler.dtype`, ...) and the accepted
 values, so a typo fails the worker's start-up with a readable message instead of
 silently running the default. Task names live with the tasks (handlers.tasks.TASKS),
-step and preset names with the steps (handlers.pipeline); they are imported where checked
-because both modules import this one.
+step and preset names with the steps (handlers.optimize.pipeline): both import this module,
+so the names come in as a `Vocabulary` (handlers.model_config passes the real one).
 """
 
 from __future__ import annotations
@@ -102,26 +102,28 @@ def _check_channels(key: str, value: object) -> tuple[float, float, float]:
     return (float(value[0]), float(value[1]), float(value[2]))
 
 
-def _check_task(value: object) -> str:
-    from torchserve_cpu.handlers.tasks import TASKS
+@dataclass(frozen=True)
+class Vocabulary:
+    """The names `handler.task` and `handler.optimize` may take."""
 
-    return _check_choice("task", value, tuple(TASKS))
+    tasks: tuple[str, ...]
+    steps: tuple[str, ...]
+    presets: tuple[str, ...]
 
 
-def _check_optimize(value: object) -> tuple[str, ...] | str:
-    from torchserve_cpu.handlers.pipeline import PRESET_NAMES, STEPS
-
+def _check_optimize(value: object, vocabulary: Vocabulary) -> tuple[str, ...] | str:
     if isinstance(value, str):
-        return _check_choice("optimize", value, PRESET_NAMES)
+        return _check_choice("optimize", value, vocabulary.presets)
     if isinstance(value, list) and all(isinstance(step, str) for step in value):
-        unknown = [step for step in value if step not in STEPS]
+        unknown = [step for step in value if step not in vocabulary.steps]
         if unknown:
             raise ValueError(
-                f"handler.optimize: unknown step(s) {unknown}; steps are {', '.join(STEPS)}"
+                f"handler.optimize: unknown step(s) {unknown}; steps are "
+                f"{', '.join(vocabulary.steps)}"
             )
         return tuple(value)
     raise ValueError(
-        f"handler.optimize: expected one of {', '.join(PRESET_NAMES)} or a list of steps, "
+        f"handler.optimize: expected one of {', '.join(vocabulary.presets)} or a list of steps, "
         f"got {value!r}"
     )
 
@@ -159,7 +161,8 @@ _BOOL_KEYS = ("itt_ranges", "emit_itt")
 _CHANNEL_KEYS = ("mean", "std")
 
 
-def parse_settings(section: Mapping[str, object] | None) -> HandlerSettings:
+def parse_handler_section(section: Mapping[str, object] | None,
+                          vocabulary: Vocabulary) -> HandlerSettings:
     """Checked settings from model-config.yaml's `handler:` mapping (None: all defaults)."""
     if section is None:
         return HandlerSettings()
@@ -168,9 +171,9 @@ def parse_settings(section: Mapping[str, object] | None) -> HandlerSettings:
     values: dict[str, object] = {}
     for key, raw in section.items():
         if key == "task":
-            values[key] = _check_task(raw)
+            values[key] = _check_choice("task", raw, vocabulary.tasks)
         elif key == "optimize":
-            values[key] = _check_optimize(raw)
+            values[key] = _check_optimize(raw, vocabulary)
         elif key == "dtype":
             values[key] = _check_choice(key, raw, DTYPES)
         elif key == "truncation":

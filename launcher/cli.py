@@ -1,5 +1,10 @@
-"""The `torchserve-cpu` command: plan | doctor | serve | link-allocators | handler-path |
-metrics-config-path."""
+"""The `torchserve-cpu` command, every entry point of the package as a subcommand.
+
+Exit codes (the only place exceptions become them): 0 done; 1 the command ran and found
+problems (`doctor`, `aot inspect`) or the work failed (TorchServe did not start, a build
+failed); 2 a usage or input mistake (a bad flag, config key or file), with a message naming it.
+Subcommands that need torch import it when they run: `plan` and `doctor` stay fast.
+"""
 
 from __future__ import annotations
 
@@ -15,14 +20,11 @@ from torchserve_cpu.launcher.host import (
     SysRoot,
     Topology,
     allowed_topology,
-    format_cpulist,
     read_lscpu,
     read_topology,
 )
-from torchserve_cpu.launcher.planning.allocators import ALLOCATORS
-from torchserve_cpu.launcher.planning.options import parse_launcher_args
-from torchserve_cpu.launcher.planning.planner import Plan, plan
-from torchserve_cpu.launcher.torchserve.tsconfig import read_ts_config, worker_counts
+from torchserve_cpu.launcher.planning import ALLOCATORS, parse_launcher_args, plan, render_plan
+from torchserve_cpu.launcher.torchserve import read_ts_config, worker_counts
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +74,34 @@ def build_parser() -> argparse.ArgumentParser:
     serving.add_argument("--model-store", type=Path, help="default: model_store in the config")
     serving.add_argument("--models", nargs="+", default=[])
     serving.set_defaults(torchserve_args=[])  # takes the arguments it does not know
+    add_aot_commands(commands)
+    archives = commands.add_parser(
+        "build-archives", help="build the demo model store's .mar files (the [demo] extra)")
+    archives.add_argument("--models", nargs="+", help="default: all of them")
+    archives.add_argument("--out", type=Path, default=Path("model_store") / "build")
+    archives.add_argument("--aot", action="store_true",
+                          help="handler.optimize: aot, with packages compiled now (15-40 s each)")
+    archives.add_argument("--dtype", choices=["fp32", "bf16"], help="handler.dtype")
     return parser
+
+
+def add_aot_commands(commands: argparse._SubParsersAction) -> None:
+    aot = commands.add_parser("aot", help="AOTInductor packages: build | inspect")
+    verbs = aot.add_subparsers(dest="aot_command", required=True)
+    build = verbs.add_parser(
+        "build", help="compile a model into aot-<dtype>.pt2 + .json",
+        description="Compile a model ahead of time into aot-<dtype>.pt2 + .json for "
+                    "torch-model-archiver --extra-files (handler.optimize: aot).")
+    build.add_argument("--model-file", type=Path, required=True)
+    build.add_argument("--serialized-file", type=Path, required=True,
+                       help="the state dict (.pt or .safetensors)")
+    build.add_argument("--config-file", type=Path, required=True, help="model-config.yaml")
+    build.add_argument("--extra-files", default="",
+                       help="comma-separated, as for the archiver (tokenizer.json ...)")
+    build.add_argument("-o", "--out-dir", type=Path, default=Path("."))
+    build.add_argument("--cache-dir", type=Path, help="reuse packages built before")
+    inspect = verbs.add_parser("inspect", help="show a record; exit 1 if it cannot run here")
+    inspect.add_argument("record", type=Path, help="an aot-<dtype>.json")
 
 
 def load_topology(path: Path | None) -> Topology:
@@ -101,18 +130,6 @@ def run_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def render_plan(result: Plan) -> str:
-    lines = [f"{'worker':>6}  {'node':>4}  {'threads':>7}  cpus"]
-    for block in result.blocks:
-        node = "-" if block.node is None else str(block.node)
-        lines.append(
-            f"{block.index:>6}  {node:>4}  {block.threads:>7}  {format_cpulist(block.cpus)}"
-        )
-    lines.append(f"leftover: {format_cpulist(result.leftover) or 'none'}")
-    lines += [f"note: {note}" for note in result.notes]
-    return "\n".join(lines)
-
-
 def run_doctor(args: argparse.Namespace) -> int:
     from torchserve_cpu.launcher.doctor import inspect, render
 
@@ -122,24 +139,14 @@ def run_doctor(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from torchserve_cpu.launcher.torchserve import serve
+    from torchserve_cpu.launcher.torchserve import serve_in_foreground
 
-    config = serve.find_ts_config(os.environ, args.ts_config, Path.cwd())
-    store = serve.find_model_store(config, args.model_store)
-    prepared = serve.prepare(config, store, args.models)
-    if prepared.plan is not None:
-        print(render_plan(prepared.plan))
-        print(f"allocator: {prepared.allocator.name} ({prepared.allocator.reason})")
-    torchserve_args = list(args.torchserve_args)
-    if args.model_store is not None:
-        torchserve_args += ["--model-store", str(args.model_store)]
-    if args.models:
-        torchserve_args += ["--models", *args.models]
-    return serve.run(prepared, torchserve_args)
+    return serve_in_foreground(os.environ, args.ts_config, args.model_store, args.models,
+                               list(args.torchserve_args))
 
 
 def run_link_allocators(args: argparse.Namespace) -> int:
-    from torchserve_cpu.launcher.planning.environment import link_allocators, run_cpu_link_dir
+    from torchserve_cpu.launcher.planning import link_allocators, run_cpu_link_dir
 
     for line in link_allocators(args.dir or run_cpu_link_dir(os.environ)):
         print(line)
@@ -147,16 +154,56 @@ def run_link_allocators(args: argparse.Namespace) -> int:
 
 
 def run_handler_path(args: argparse.Namespace) -> int:
-    from torchserve_cpu.handlers import HANDLER_FILE
+    from torchserve_cpu.launcher.resources import HANDLER_FILE
 
     print(HANDLER_FILE)
     return 0
 
 
 def run_metrics_config_path(args: argparse.Namespace) -> int:
-    from torchserve_cpu.handlers import METRICS_CONFIG
+    from torchserve_cpu.launcher.resources import METRICS_CONFIG
 
     print(METRICS_CONFIG)
+    return 0
+
+
+def run_aot(args: argparse.Namespace) -> int:
+    if args.aot_command == "inspect":
+        from torchserve_cpu.handlers.aot_package import inspect_record
+
+        summary, problems = inspect_record(args.record)
+        print(json.dumps(summary, indent=1))
+        print("runs here" if not problems else "cannot run here: " + "; ".join(problems))
+        return 1 if problems else 0
+    import yaml
+
+    from torchserve_cpu.handlers.archive import build_from_files
+
+    try:
+        config = yaml.safe_load(args.config_file.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{args.config_file}: not YAML: {error}") from None
+    built = build_from_files(args.model_file, args.serialized_file, config,
+                             [Path(p) for p in args.extra_files.split(",") if p],
+                             args.out_dir, args.cache_dir)
+    for one in built:
+        state = f"refused: {one.record.refused}" if one.record.refused else "ok"
+        print(f"{one.record.dtype}: {state} {one.record.checked}")
+    if (config.get("handler") or {}).get("optimize") != "aot":
+        print("note: set `handler: optimize: aot` in model-config.yaml to serve them",
+              file=sys.stderr)
+    print(f"--extra-files {','.join(str(path) for one in built for path in one.files)}")
+    return 0
+
+
+def run_build_archives(args: argparse.Namespace) -> int:
+    from torchserve_cpu.model_store.build import MODELS, build_archives
+
+    unknown = sorted(set(args.models or ()) - set(MODELS))
+    if unknown:
+        raise ValueError(f"--models: unknown {unknown}; models are {', '.join(sorted(MODELS))}")
+    for path in build_archives(args.models or sorted(MODELS), args.out, args.aot, args.dtype):
+        print(f"built {path}")
     return 0
 
 
@@ -167,6 +214,8 @@ COMMANDS = {
     "link-allocators": run_link_allocators,
     "handler-path": run_handler_path,
     "metrics-config-path": run_metrics_config_path,
+    "aot": run_aot,
+    "build-archives": run_build_archives,
 }
 
 
@@ -181,9 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         args.torchserve_args = unknown
     try:
         return COMMANDS[args.command](args)
-    except LauncherError as error:
+    except (ValueError, OSError) as error:  # LauncherError is a ValueError; yaml's errors too
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except RuntimeError as error:  # serve.ServeError: TorchServe did not start
+    except RuntimeError as error:  # serve.ServeError: TorchServe did not start; a failed build
         print(f"error: {error}", file=sys.stderr)
         return 1

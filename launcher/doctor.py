@@ -19,11 +19,14 @@ from torchserve_cpu.launcher.host import (
     read_topology,
     status_fields,
 )
-from torchserve_cpu.launcher.planning.allocators import ALLOCATORS, PRELOAD_FIX, mapped_allocator
-from torchserve_cpu.launcher.planning.environment import choose_allocator
-from torchserve_cpu.launcher.planning.options import parse_launcher_args
-from torchserve_cpu.launcher.torchserve.processes import torchserve_workers
-from torchserve_cpu.launcher.torchserve.registry import Entry, read_entries
+from torchserve_cpu.launcher.planning import (
+    ALLOCATORS,
+    PRELOAD_FIX,
+    choose_allocator,
+    mapped_allocator,
+    parse_launcher_args,
+)
+from torchserve_cpu.launcher.torchserve import Entry, read_entries, torchserve_workers
 
 # the start-up variables that decide threads and memory, shown per worker
 SHOWN_ENV = (

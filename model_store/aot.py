@@ -17,9 +17,9 @@ from pathlib import Path
 
 def wants_aot(config: Mapping[str, object]) -> bool:
     """The config serves the aot backend (then the archive needs its packages)."""
-    from torchserve_cpu.handlers.aot_build import model_settings
+    from torchserve_cpu.handlers.model_config import settings_from_config
 
-    return model_settings(config).optimize == "aot"
+    return settings_from_config(config).optimize == "aot"
 
 
 def aot_files(name: str, model_file: Path, weights: Path, extra_files: Sequence[Path],
@@ -27,7 +27,7 @@ def aot_files(name: str, model_file: Path, weights: Path, extra_files: Sequence[
     """`aot-<dtype>.pt2` + `.json` for the archive in `out_dir` ([] when not wanted)."""
     if not wants_aot(config):
         return []
-    from torchserve_cpu.handlers.aot_build import build_packages, staged_archive
+    from torchserve_cpu.handlers.archive import build_packages, staged_archive
 
     with tempfile.TemporaryDirectory() as staging:
         manifest = staged_archive(model_file, weights, extra_files, Path(staging))

@@ -1,6 +1,6 @@
 """Build the .mar archives: weights (made locally, never downloaded) + model file + config.
 
-    python -m torchserve_cpu.model_store.build [--models resnet50 bert minilm] [--out DIR]
+    torchserve-cpu build-archives [--models resnet50 bert minilm] [--out DIR]
 
 Weights are cached in `$TSCPU_CACHE_DIR/weights/` (default ~/.cache/torchserve-cpu);
 archives are rebuilt every time (cheap). Needs the `[demo]` extra.
@@ -8,20 +8,19 @@ archives are rebuilt every time (cheap). Needs the `[demo]` extra.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
 
-from torchserve_cpu.handlers import HANDLER_FILE
+from torchserve_cpu.launcher.resources import HANDLER_FILE
 from torchserve_cpu.model_store.aot import aot_files
 from torchserve_cpu.model_store.photos import archive_inputs
 
@@ -218,22 +217,11 @@ def build_archive(
     return out_dir / f"{archive_name}.mar"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=sorted(MODELS), choices=sorted(MODELS))
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--aot", action="store_true",
-                        help="handler.optimize: aot, with packages compiled now (15-40 s each)")
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], help="handler.dtype")
-    args = parser.parse_args(argv)
+def build_archives(models: Sequence[str], out_dir: Path, aot: bool = False,
+                   dtype: str | None = None) -> list[Path]:
+    """`torchserve-cpu build-archives`: the demo model store's archives."""
     if shutil.which("java") is None:
         print("note: java is not on PATH; TorchServe will not start without it", file=sys.stderr)
-    overrides = {**({"optimize": "aot"} if args.aot else {}),
-                 **({"dtype": args.dtype} if args.dtype else {})}
-    for name in args.models:
-        print(f"built {build_archive(name, args.out, handler_overrides=overrides or None)}")
-    return 0
+    overrides = {**({"optimize": "aot"} if aot else {}), **({"dtype": dtype} if dtype else {})}
+    return [build_archive(name, out_dir, handler_overrides=overrides or None) for name in models]
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

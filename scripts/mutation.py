@@ -5,7 +5,7 @@
                              [--commit REV]
 
 Why a staging tree: mutmut 3 copies the sources into `mutants/` and names every mutant
-after its file's path (`launcher/planner.py` -> `launcher.planner`), while the tests
+after its file's path (`launcher/planning/planner.py` -> `launcher.planning.planner`), while the tests
 import `torchserve_cpu.launcher.planning.planner`, which the editable install resolves to the
 checkout, not to the mutated copy. So each run builds, in a temporary folder, the layout
 the import names expect: the part's folder copied to `torchserve_cpu/<part>/` (a real
@@ -69,9 +69,10 @@ def repo_config(source: Path = REPO) -> tuple[dict, dict[str, str]]:
 
 
 def module_name(entry: str, part: str) -> str:
-    """An only_mutate entry's module name: `torchserve_cpu/handlers/tasks/*` -> `tasks`."""
+    """An only_mutate entry's module name: `torchserve_cpu/handlers/tasks/*` -> `tasks`,
+    `torchserve_cpu/launcher/planning/planner.py` -> `planner`."""
     rest = entry.removeprefix(f"{NAMESPACE}/{part}/")
-    return rest.removesuffix("/*").removesuffix(".py")
+    return rest.removesuffix("/*").removesuffix(".py").rsplit("/", 1)[-1]
 
 
 def only_modules(config: dict, parts: list[str], modules: list[str]) -> dict:

@@ -238,3 +238,15 @@ def _cpus(units: Sequence[_Unit]) -> tuple[int, ...]:
 
 def _single(values: set[int | None]) -> int | None:
     return next(iter(values)) if len(values) == 1 else None
+
+
+def render_plan(result: Plan) -> str:
+    lines = [f"{'worker':>6}  {'node':>4}  {'threads':>7}  cpus"]
+    for block in result.blocks:
+        node = "-" if block.node is None else str(block.node)
+        lines.append(
+            f"{block.index:>6}  {node:>4}  {block.threads:>7}  {format_cpulist(block.cpus)}"
+        )
+    lines.append(f"leftover: {format_cpulist(result.leftover) or 'none'}")
+    lines += [f"note: {note}" for note in result.notes]
+    return "\n".join(lines)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from torchserve_cpu.launcher.errors import LauncherError
 from torchserve_cpu.launcher.host import Topology, format_cpulist, is_alive
-from torchserve_cpu.launcher.planning.balance import Demand, Pool, WorkerKey, assign
+from torchserve_cpu.launcher.planning import Demand, Pool, WorkerKey, assign
 
 REGISTRY_ENV = "TSCPU_REGISTRY_DIR"
 FILE_NAME = "torchserve-cpu-registry.json"

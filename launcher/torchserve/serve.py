@@ -31,25 +31,32 @@ from pathlib import Path
 
 import psutil
 
-from torchserve_cpu.handlers import METRICS_CONFIG  # a path only: imports no torch
 from torchserve_cpu.launcher.errors import LauncherError
 from torchserve_cpu.launcher.host import Topology, allowed_topology, parent_pid
-from torchserve_cpu.launcher.planning.balance import Demand, Pool, assign
-from torchserve_cpu.launcher.planning.environment import (
+from torchserve_cpu.launcher.planning import (
     AllocatorChoice,
+    Demand,
+    LauncherOptions,
+    Plan,
+    Pool,
+    assign,
     choose_allocator,
     process_env,
+    render_plan,
 )
-from torchserve_cpu.launcher.planning.options import LauncherOptions
-from torchserve_cpu.launcher.planning.planner import Plan
+from torchserve_cpu.launcher.resources import METRICS_CONFIG
 from torchserve_cpu.launcher.torchserve.properties import parse_properties, read_properties
-from torchserve_cpu.launcher.torchserve.tsconfig import ENABLE_KEY, model_entries, read_ts_config
-from torchserve_cpu.launcher.torchserve.worker import CONFIG_ENV
+from torchserve_cpu.launcher.torchserve.tsconfig import (
+    CONFIG_ENV,
+    CONFIG_FILE_ENV,
+    ENABLE_KEY,
+    find_ts_config,
+    model_entries,
+    read_ts_config,
+)
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE_ENV = "TS_CONFIG_FILE"
-DEFAULT_CONFIG = "config.properties"
 PID_FILE = ".model_server.pid"  # ts/model_server.py keeps it in tempfile.gettempdir()
 METRICS_CONFIG_KEY = "metrics_config"
 KEY_FILE = "key_file.json"  # TokenAuthorization writes it in the frontend's cwd
@@ -115,24 +122,6 @@ def start_preview(topology: Topology, options: LauncherOptions, workers: int) ->
     used = {cpu for block in blocks for cpu in block.cpus}
     leftover = tuple(cpu for cpu in topology.cpu_ids if cpu not in used)
     return Plan(blocks, workers, leftover, seats.notes, options)
-
-
-def find_ts_config(environ: Mapping[str, str], ts_config: Path | None, cwd: Path) -> Path:
-    """The config TorchServe would read, in its own order (ConfigManager):
-    $TS_CONFIG_FILE, then --ts-config, then config.properties in the working directory."""
-    if environ.get(CONFIG_FILE_ENV):
-        candidate, source = Path(environ[CONFIG_FILE_ENV]), f"${CONFIG_FILE_ENV}"
-    elif ts_config is not None:
-        candidate, source = Path(ts_config), "--ts-config"
-    else:
-        candidate, source = cwd / DEFAULT_CONFIG, "the working directory"
-    candidate = candidate if candidate.is_absolute() else cwd / candidate
-    if not candidate.is_file():
-        raise LauncherError(
-            f"no TorchServe config: looked for {candidate} (from {source}); set "
-            f"{CONFIG_FILE_ENV}, give --ts-config FILE or run where {DEFAULT_CONFIG} is"
-        )
-    return candidate
 
 
 def find_model_store(config_path: Path, model_store: Path | None) -> Path:
@@ -314,3 +303,22 @@ def remove_run_files(frontend: int) -> None:
     except (OSError, ValueError):
         pass
     Path(KEY_FILE).unlink(missing_ok=True)
+
+
+def serve_in_foreground(environ: Mapping[str, str], ts_config: Path | None,
+                        model_store: Path | None, models: Sequence[str],
+                        torchserve_args: Sequence[str]) -> int:
+    """`torchserve-cpu serve`: find the config and store as TorchServe would, show where the
+    workers will sit, then run TorchServe until it exits or is stopped; its exit status."""
+    config = find_ts_config(environ, ts_config, Path.cwd())
+    store = find_model_store(config, model_store)
+    prepared = prepare(config, store, models)
+    if prepared.plan is not None:
+        print(render_plan(prepared.plan))
+        print(f"allocator: {prepared.allocator.name} ({prepared.allocator.reason})")
+    arguments = list(torchserve_args)
+    if model_store is not None:
+        arguments += ["--model-store", str(model_store)]
+    if models:
+        arguments += ["--models", *models]
+    return run(prepared, arguments)

@@ -21,7 +21,8 @@ from pathlib import Path
 import yaml
 
 from torchserve_cpu.launcher.errors import LauncherError
-from torchserve_cpu.launcher.planning.options import LauncherOptions, parse_launcher_args
+from torchserve_cpu.launcher.planning import LauncherOptions, parse_launcher_args
+from torchserve_cpu.launcher.torchserve.processes import Frontend
 from torchserve_cpu.launcher.torchserve.properties import parse_properties
 
 ENABLE_KEY = "cpu_launcher_enable"
@@ -66,7 +67,7 @@ def frontend_properties(
     }
     if resolved.get("enable_envvars_config", "").strip().lower() == "true":
         for name, value in environ.items():
-            if name.startswith("TS_") and name != "TS_CONFIG_FILE":
+            if name.startswith("TS_") and name != CONFIG_FILE_ENV:
                 resolved[name[3:].lower()] = value
     return resolved
 
@@ -244,3 +245,45 @@ def _manifest_and_config(read, archive: Path) -> tuple[dict, dict]:
     except yaml.YAMLError as error:
         raise LauncherError(f"{archive}: {config_file}: {error}") from None
     return manifest, loaded if isinstance(loaded, dict) else {}
+
+
+# -- where TorchServe's config is ------------------------------------------------------------
+
+CONFIG_FILE_ENV = "TS_CONFIG_FILE"  # TorchServe's own
+CONFIG_ENV = "TSCPU_CONFIG_FILE"  # set by `torchserve-cpu serve`: the user's config
+DEFAULT_CONFIG = "config.properties"
+
+
+def find_ts_config(environ: Mapping[str, str], ts_config: Path | None, cwd: Path) -> Path:
+    """The config TorchServe would read, in its own order (ConfigManager):
+    $TS_CONFIG_FILE, then --ts-config, then config.properties in the working directory."""
+    if environ.get(CONFIG_FILE_ENV):
+        candidate, source = Path(environ[CONFIG_FILE_ENV]), f"${CONFIG_FILE_ENV}"
+    elif ts_config is not None:
+        candidate, source = Path(ts_config), "--ts-config"
+    else:
+        candidate, source = cwd / DEFAULT_CONFIG, "the working directory"
+    candidate = candidate if candidate.is_absolute() else cwd / candidate
+    if not candidate.is_file():
+        raise LauncherError(
+            f"no TorchServe config: looked for {candidate} (from {source}); set "
+            f"{CONFIG_FILE_ENV}, give --ts-config FILE or run where {DEFAULT_CONFIG} is"
+        )
+    return candidate
+
+
+def find_config(
+    environ: Mapping[str, str], frontend: Frontend | None
+) -> tuple[Path | None, str]:
+    """The config file and where its name came from, in TorchServe's own order
+    (ConfigManager: $TS_CONFIG_FILE, then -f, then config.properties in its cwd)."""
+    for name in (CONFIG_ENV, CONFIG_FILE_ENV):
+        if environ.get(name):
+            return Path(environ[name]), f"${name}"
+    if frontend is not None and frontend.config is not None:
+        return frontend.config, f"-f of TorchServe frontend pid {frontend.pid}"
+    if frontend is not None and frontend.cwd is not None:
+        candidate = frontend.cwd / DEFAULT_CONFIG
+        if candidate.is_file():
+            return candidate, f"config.properties in the cwd of frontend pid {frontend.pid}"
+    return None, ""

@@ -24,7 +24,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from torchserve_cpu.launcher.errors import LauncherError
 from torchserve_cpu.launcher.host import (
@@ -37,18 +36,22 @@ from torchserve_cpu.launcher.host import (
     read_topology,
 )
 from torchserve_cpu.launcher.host import start_time as process_start_time
-from torchserve_cpu.launcher.planning.allocators import PRELOAD_FIX, mapped_allocator
-from torchserve_cpu.launcher.planning.balance import Pool
-from torchserve_cpu.launcher.planning.environment import choose_allocator, late_env, worker_env
-from torchserve_cpu.launcher.planning.options import LauncherOptions
+from torchserve_cpu.launcher.planning import (
+    PRELOAD_FIX,
+    LauncherOptions,
+    Pool,
+    choose_allocator,
+    late_env,
+    mapped_allocator,
+    worker_env,
+)
 from torchserve_cpu.launcher.torchserve import apply
-from torchserve_cpu.launcher.torchserve.processes import Frontend, frontend_of
+from torchserve_cpu.launcher.torchserve.processes import frontend_of
 from torchserve_cpu.launcher.torchserve.registry import Entry, Registry
-from torchserve_cpu.launcher.torchserve.tsconfig import read_ts_config
+from torchserve_cpu.launcher.torchserve.tsconfig import CONFIG_ENV, find_config, read_ts_config
 
 log = logging.getLogger(__name__)
 
-CONFIG_ENV = "TSCPU_CONFIG_FILE"  # set by `torchserve-cpu serve`: the user's config
 WATCH_INTERVAL = 0.1  # seconds between the watcher's stat() of the registry
 SWEEP_INTERVAL = 2.0  # seconds between liveness sweeps when no pidfd is available
 
@@ -78,23 +81,6 @@ class WorkerPlacement:
         if self.shared_with:
             text += f" SHARED with pids {','.join(map(str, self.shared_with))}"
         return text
-
-
-def find_config(
-    environ: Mapping[str, str], frontend: Frontend | None
-) -> tuple[Path | None, str]:
-    """The config file and where its name came from, in TorchServe's own order
-    (ConfigManager: $TS_CONFIG_FILE, then -f, then config.properties in its cwd)."""
-    for name in (CONFIG_ENV, "TS_CONFIG_FILE"):
-        if environ.get(name):
-            return Path(environ[name]), f"${name}"
-    if frontend is not None and frontend.config is not None:
-        return frontend.config, f"-f of TorchServe frontend pid {frontend.pid}"
-    if frontend is not None and frontend.cwd is not None:
-        candidate = frontend.cwd / "config.properties"
-        if candidate.is_file():
-            return candidate, f"config.properties in the cwd of frontend pid {frontend.pid}"
-    return None, ""
 
 
 class PinnedWorker:

@@ -3,7 +3,7 @@ TorchServe whose workers cannot compile (CXX points nowhere, an empty inductor c
 answers compared with the eager models in this process.
 
 Archives: ResNet-50 (model_store.build, batchSize 8), MiniLM, and a tiny conv net built
-with the documented user command (`python -m torchserve_cpu.handlers.aot build`), plus two
+with the documented user command (`torchserve-cpu aot build`), plus two
 copies of it whose records claim another torch build and a CPU flag this host lacks.
 BERT-base is left out: its package is 420 MB beside 440 MB of weights (an 860 MB archive
 to zip and unzip) and its compile peaks at 2.6 GB; it shares MiniLM's code path.
@@ -27,11 +27,11 @@ from benchmarks import loopback_torchserve as server
 from benchmarks.loopback_torchserve import post
 from tests.support.models import eager_model, model_dir_for
 from tests.support.tiny_archive import TINY_CONFIG, TINY_MODEL
-from torchserve_cpu.handlers import HANDLER_FILE
-from torchserve_cpu.handlers.aot import ISA_FLAGS, PackageRecord, Runtime
+from torchserve_cpu.handlers.aot_package import ISA_FLAGS, PackageRecord, Runtime
+from torchserve_cpu.handlers.model_config import parse_settings
 from torchserve_cpu.handlers.served_record import read_records
-from torchserve_cpu.handlers.settings import parse_settings
 from torchserve_cpu.handlers.tasks import make_task
+from torchserve_cpu.launcher.resources import HANDLER_FILE
 from torchserve_cpu.model_store.build import STORE_DIR, build_archive, weights_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,7 +47,7 @@ def missing_flag() -> str:
 
 
 def tiny_archives(work: Path, store: Path) -> None:
-    """The tiny net archived as a user would: state dict, `handlers.aot build`, archiver;
+    """The tiny net archived as a user would: state dict, `torchserve-cpu aot build`, archiver;
     then the same packages with records edited to claim what this host cannot run."""
     (work / "model.py").write_text(TINY_MODEL)
     (work / "model-config.yaml").write_text(
@@ -55,7 +55,7 @@ def tiny_archives(work: Path, store: Path) -> None:
     run = {"cwd": work, "check": True, "timeout": 600}
     subprocess.run([sys.executable, "-c", "import torch, model; torch.manual_seed(0); "
                     "torch.save(model.TinyConvNet().state_dict(), 'tiny.pt')"], **run)
-    subprocess.run([sys.executable, "-m", "torchserve_cpu.handlers.aot", "build",
+    subprocess.run([sys.executable, "-m", "torchserve_cpu.launcher", "aot", "build",
                     "--model-file", "model.py", "--serialized-file", "tiny.pt",
                     "--config-file", "model-config.yaml", "-o", "aot",
                     "--cache-dir", str(weights_dir().parent / "aot")], **run)

@@ -17,11 +17,11 @@ from PIL import Image
 
 from benchmarks import loopback_torchserve as server
 from benchmarks.loopback_torchserve import post
-from torchserve_cpu.handlers import HANDLER_FILE
 from torchserve_cpu.handlers.loading import model_class_from_file
+from torchserve_cpu.handlers.model_config import parse_settings
 from torchserve_cpu.handlers.served_record import read_records
-from torchserve_cpu.handlers.settings import parse_settings
 from torchserve_cpu.handlers.tasks import make_task
+from torchserve_cpu.launcher.resources import HANDLER_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -25,7 +25,7 @@ import torch
 
 from benchmarks import loopback_torchserve as server
 from tests.support.models import eager_model, model_dir_for
-from torchserve_cpu.handlers.settings import parse_settings
+from torchserve_cpu.handlers.model_config import parse_settings
 from torchserve_cpu.handlers.tasks import make_task
 from torchserve_cpu.model_store.build import STORE_DIR, build_archive
 

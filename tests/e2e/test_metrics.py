@@ -21,7 +21,7 @@ from tests.integration.launcher.launcher_probe import (
 )
 from tests.support.prometheus import named, placement_cpus, placements, scrape
 from tests.support.tiny_archive import build_tiny_archive
-from torchserve_cpu.handlers import HANDLER_FILE
+from torchserve_cpu.launcher.resources import HANDLER_FILE
 
 IMAGE = Path(__file__).resolve().parents[2] / "model_store" / "samples" / "shapes.png"
 

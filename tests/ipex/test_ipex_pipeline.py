@@ -16,10 +16,10 @@ import torch
 
 from tests.support.ipex_lane import IPEX, requires_ipex
 from tests.support.models import eager_model, model_dir_for
-from torchserve_cpu.handlers.accuracy import compare
-from torchserve_cpu.handlers.optimizer import optimize, thresholds_for
-from torchserve_cpu.handlers.pipeline import call_stage, prepare_inputs
-from torchserve_cpu.handlers.settings import parse_settings
+from torchserve_cpu.handlers.model_config import parse_settings
+from torchserve_cpu.handlers.optimize.accuracy import compare
+from torchserve_cpu.handlers.optimize.optimizer import optimize, thresholds_for
+from torchserve_cpu.handlers.optimize.steps import call_stage, prepare_inputs
 from torchserve_cpu.handlers.tasks import make_task
 
 pytestmark = [requires_ipex, pytest.mark.integration]

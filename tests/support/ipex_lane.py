@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from torchserve_cpu.handlers.ipex_support import probe_ipex
+from torchserve_cpu.handlers.optimize.ipex_support import probe_ipex
 
 IPEX = probe_ipex()
 

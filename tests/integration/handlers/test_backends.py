@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from tests.support.models import eager_model, model_dir_for
-from torchserve_cpu.handlers.accuracy import FP32_THRESHOLDS, compare
-from torchserve_cpu.handlers.ipex_support import IpexStatus
-from torchserve_cpu.handlers.optimizer import optimize
-from torchserve_cpu.handlers.pipeline import call_stage
-from torchserve_cpu.handlers.settings import HandlerSettings, parse_settings
+from torchserve_cpu.handlers.model_config import parse_settings
+from torchserve_cpu.handlers.optimize.accuracy import FP32_THRESHOLDS, compare
+from torchserve_cpu.handlers.optimize.ipex_support import IpexStatus
+from torchserve_cpu.handlers.optimize.optimizer import optimize
+from torchserve_cpu.handlers.optimize.steps import call_stage
+from torchserve_cpu.handlers.settings import HandlerSettings
 from torchserve_cpu.handlers.tasks import make_task
 
 NO_IPEX = IpexStatus(None, "not installed")

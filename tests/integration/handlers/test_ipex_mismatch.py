@@ -18,9 +18,9 @@ import torch
 
 from tests.support.ipex_wheel import FAKE_DIR, real_ipex_dir
 from tests.support.models import eager_model
-from torchserve_cpu.handlers.ipex_support import probe_ipex
-from torchserve_cpu.handlers.optimizer import optimize
-from torchserve_cpu.handlers.settings import parse_settings
+from torchserve_cpu.handlers.model_config import parse_settings
+from torchserve_cpu.handlers.optimize.ipex_support import probe_ipex
+from torchserve_cpu.handlers.optimize.optimizer import optimize
 
 REPO = Path(__file__).resolve().parents[3]
 MODULE = "intel_extension_for_pytorch"
@@ -28,9 +28,9 @@ MODULE = "intel_extension_for_pytorch"
 # Runs in a subprocess so the real IPEX's failed import cannot leave state in this one.
 PROBE_AND_OPTIMIZE = """
 import json, logging, torch
-from torchserve_cpu.handlers.ipex_support import probe_ipex
-from torchserve_cpu.handlers.optimizer import optimize
-from torchserve_cpu.handlers.settings import parse_settings
+from torchserve_cpu.handlers.optimize.ipex_support import probe_ipex
+from torchserve_cpu.handlers.optimize.optimizer import optimize
+from torchserve_cpu.handlers.model_config import parse_settings
 from tests.support.models import eager_model
 status = probe_ipex()
 chosen = optimize(eager_model("resnet50"), (torch.rand(1, 3, 224, 224),),

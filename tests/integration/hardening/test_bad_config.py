@@ -21,8 +21,8 @@ import yaml
 
 from benchmarks import loopback_torchserve as server
 from benchmarks.loopback_torchserve import post
-from torchserve_cpu.handlers import HANDLER_FILE
 from torchserve_cpu.handlers.loading import model_class_from_file
+from torchserve_cpu.launcher.resources import HANDLER_FILE
 from torchserve_cpu.model_store.build import STORE_DIR
 
 REPO = Path(__file__).resolve().parents[3]

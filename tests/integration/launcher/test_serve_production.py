@@ -24,16 +24,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from torchserve_cpu.handlers import METRICS_CONFIG
 from torchserve_cpu.launcher.errors import LauncherError
+from torchserve_cpu.launcher.resources import METRICS_CONFIG
 from torchserve_cpu.launcher.torchserve.properties import parse_properties, read_properties
 from torchserve_cpu.launcher.torchserve.serve import (
-    DEFAULT_CONFIG,
     derived_config_text,
     exit_status,
-    find_ts_config,
     torchserve_command,
 )
+from torchserve_cpu.launcher.torchserve.tsconfig import DEFAULT_CONFIG, find_ts_config
 
 INFERENCE, MANAGEMENT, METRICS, GRPC_INFERENCE, GRPC_MANAGEMENT = 8085, 8086, 8087, 7085, 7086
 STOPPED_BY_SIGTERM = 128 + signal.SIGTERM  # the JVM's own status after its shutdown hook

@@ -11,7 +11,7 @@ import yaml
 from benchmarks.reference import measure_reference
 from tests.support.tiny_archive import TINY_MODEL
 from tests.support.torchserve_calls import png
-from torchserve_cpu.handlers.pipeline import set_onednn_graph
+from torchserve_cpu.handlers.optimize.steps import set_onednn_graph
 
 SECTION = {"task": "image_classification", "optimize": "jit", "image_size": 8,
            "resize_size": 8, "topk": 2}

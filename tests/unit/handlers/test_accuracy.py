@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from torchserve_cpu.handlers.accuracy import FP32_THRESHOLDS, Agreement, compare
+from torchserve_cpu.handlers.optimize.accuracy import FP32_THRESHOLDS, Agreement, compare
 from torchserve_cpu.handlers.settings import GateThresholds
 
 
@@ -36,7 +36,7 @@ def test_non_finite_and_shape_mismatch_fail() -> None:
 
 
 def test_error_summary_keeps_both_ends_of_torchscript_errors() -> None:
-    from torchserve_cpu.handlers.optimizer import error_summary
+    from torchserve_cpu.handlers.optimize.optimizer import error_summary
 
     error = RuntimeError("The following operation failed in the TorchScript interpreter.\n"
                          "Traceback of TorchScript ...\n  frame\nRuntimeError: the real cause\n")

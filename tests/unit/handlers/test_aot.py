@@ -12,23 +12,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from torchserve_cpu.handlers import aot
-from torchserve_cpu.handlers.aot import (
+from torchserve_cpu.handlers import aot_package as aot
+from torchserve_cpu.handlers.aot_package import (
     SCHEMA,
-    AotModule,
     InputSpec,
-    LoadGuard,
     PackageRecord,
     Runtime,
     example_digest,
     incompatibilities,
     input_mismatch,
 )
-from torchserve_cpu.handlers.ipex_support import IpexStatus
-from torchserve_cpu.handlers.optimizer import candidate_plans, optimize
-from torchserve_cpu.handlers.pipeline import FALLBACKS, PRESET_STEPS, STEPS
+from torchserve_cpu.handlers.model_config import parse_settings
+from torchserve_cpu.handlers.optimize import aot_load
+from torchserve_cpu.handlers.optimize.aot_load import AotModule, LoadGuard
+from torchserve_cpu.handlers.optimize.ipex_support import IpexStatus
+from torchserve_cpu.handlers.optimize.optimizer import candidate_plans, optimize
+from torchserve_cpu.handlers.optimize.pipeline import FALLBACKS, PRESET_STEPS, STEPS
 from torchserve_cpu.handlers.pt2_section import apply_pt2
-from torchserve_cpu.handlers.settings import HandlerSettings, parse_settings
+from torchserve_cpu.handlers.settings import HandlerSettings
 
 NO_IPEX = IpexStatus(None, "not installed")
 HERE = Runtime("2.13.0+cpu", "abc123", frozenset({"avx2", "avx512f", "fma"}))
@@ -185,7 +186,7 @@ def archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "aot-fp32.json").write_text(record(
         reference=tuple(tuple(row) for row in reference.tolist())).to_json())
     monkeypatch.setattr(aot.Runtime, "here", classmethod(lambda cls: HERE))
-    monkeypatch.setattr(aot, "load_package", lambda path: lambda *xs: [eager(*xs)])
+    monkeypatch.setattr(aot_load, "load_package", lambda path: lambda *xs: [eager(*xs)])
     return tmp_path
 
 

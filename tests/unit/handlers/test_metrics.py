@@ -12,10 +12,11 @@ from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 from tests.support.prometheus import WorkerLine, frontend_read
 from tests.support.torchserve_calls import TS_METRICS_CONFIG, call, png, tiny_model_context
-from torchserve_cpu.handlers import METRICS_CONFIG, optimizing_handler
+from torchserve_cpu.handlers import optimizing_handler
 from torchserve_cpu.handlers.metrics import METRICS, STAGES, WorkerMetrics
 from torchserve_cpu.handlers.optimizing_handler import OptimizingHandler
 from torchserve_cpu.launcher.host.cpulist import parse_cpulist
+from torchserve_cpu.launcher.resources import METRICS_CONFIG
 from torchserve_cpu.launcher.torchserve.worker import WorkerPlacement
 
 # bf16 cannot pass a gate that allows no difference at all: refused, then fp32 is accepted

@@ -16,10 +16,10 @@ import pytest
 import torch
 from torch import nn
 
-from torchserve_cpu.handlers import optimizer
-from torchserve_cpu.handlers.accuracy import FP32_THRESHOLDS
-from torchserve_cpu.handlers.ipex_support import IpexStatus
-from torchserve_cpu.handlers.optimizer import (
+from torchserve_cpu.handlers.optimize import optimizer
+from torchserve_cpu.handlers.optimize.accuracy import FP32_THRESHOLDS
+from torchserve_cpu.handlers.optimize.ipex_support import IpexStatus
+from torchserve_cpu.handlers.optimize.optimizer import (
     PROFILED_CALLS,
     Optimized,
     Tried,
@@ -30,16 +30,8 @@ from torchserve_cpu.handlers.optimizer import (
     thresholds_for,
     time_stage,
 )
-from torchserve_cpu.handlers.pipeline import (
-    FALLBACKS,
-    PRESET_STEPS,
-    STEPS,
-    Stage,
-    Step,
-    StepContext,
-    StepPlan,
-    set_onednn_graph,
-)
+from torchserve_cpu.handlers.optimize.pipeline import FALLBACKS, PRESET_STEPS, STEPS, Step, StepPlan
+from torchserve_cpu.handlers.optimize.steps import Stage, StepContext, set_onednn_graph
 from torchserve_cpu.handlers.settings import GateThresholds, HandlerSettings
 
 NO_IPEX = IpexStatus(None, "not installed")

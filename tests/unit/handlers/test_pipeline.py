@@ -8,20 +8,20 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from torchserve_cpu.handlers.ipex_support import IpexStatus
-from torchserve_cpu.handlers.optimizer import candidate_plans
-from torchserve_cpu.handlers.pipeline import (
+from torchserve_cpu.handlers.model_config import parse_settings
+from torchserve_cpu.handlers.optimize.ipex_support import IpexStatus
+from torchserve_cpu.handlers.optimize.optimizer import candidate_plans
+from torchserve_cpu.handlers.optimize.pipeline import (
     AUTO_ORDER,
     FALLBACKS,
     PRESET_NAMES,
     PRESET_STEPS,
     STEPS,
-    StepContext,
     StepPlan,
     run_steps,
-    set_onednn_graph,
 )
-from torchserve_cpu.handlers.settings import HandlerSettings, parse_settings
+from torchserve_cpu.handlers.optimize.steps import StepContext, set_onednn_graph
+from torchserve_cpu.handlers.settings import HandlerSettings
 
 NO_IPEX = IpexStatus(None, "not installed")
 # ipex.optimize's contract as the step uses it, on a module it leaves as it is

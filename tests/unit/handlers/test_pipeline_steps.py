@@ -11,21 +11,18 @@ import pytest
 import torch
 from torch import nn
 
-from torchserve_cpu.handlers import pipeline
-from torchserve_cpu.handlers.ipex_support import IpexStatus
-from torchserve_cpu.handlers.pipeline import (
-    STEPS,
+from torchserve_cpu.handlers.optimize import pipeline
+from torchserve_cpu.handlers.optimize.ipex_support import IpexStatus
+from torchserve_cpu.handlers.optimize.pipeline import STEPS, Step, StepPlan, run_steps
+from torchserve_cpu.handlers.optimize.steps import (
     Stage,
-    Step,
     StepContext,
     StepError,
-    StepPlan,
     call_stage,
     has_convolutions,
     native_optimize,
     prepare_inputs,
     run_mode,
-    run_steps,
     set_onednn_graph,
     step_channels_last,
     step_compile,

@@ -14,12 +14,17 @@ import torch
 from PIL import Image
 from torch import nn
 
-from torchserve_cpu.handlers import quantize
-from torchserve_cpu.handlers.archive_inputs import CheckInputs, check_inputs, read_archive_inputs
-from torchserve_cpu.handlers.ipex_support import IpexStatus
-from torchserve_cpu.handlers.optimizer import candidate_plans, optimize
-from torchserve_cpu.handlers.pipeline import INT8_PLAN, PRESET_STEPS, StepPlan
-from torchserve_cpu.handlers.settings import GATE_OFF, HandlerSettings, parse_settings
+from torchserve_cpu.handlers.model_config import parse_settings
+from torchserve_cpu.handlers.optimize import quantize
+from torchserve_cpu.handlers.optimize.archive_inputs import (
+    CheckInputs,
+    check_inputs,
+    read_archive_inputs,
+)
+from torchserve_cpu.handlers.optimize.ipex_support import IpexStatus
+from torchserve_cpu.handlers.optimize.optimizer import candidate_plans, optimize
+from torchserve_cpu.handlers.optimize.pipeline import INT8_PLAN, PRESET_STEPS, StepPlan
+from torchserve_cpu.handlers.settings import GATE_OFF, HandlerSettings
 from torchserve_cpu.handlers.tasks import make_task
 
 NO_IPEX = IpexStatus(None, "not installed")
@@ -112,7 +117,7 @@ def test_corrupted_int8_is_refused_logged_and_fp32_served(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     corrupt_scales(monkeypatch)
     settings = HandlerSettings(dtype="int8", optimize="jit")
-    with caplog.at_level(logging.WARNING, logger="torchserve_cpu.handlers.optimizer"):
+    with caplog.at_level(logging.WARNING, logger="torchserve_cpu.handlers.optimize.optimizer"):
         chosen = optimize(TinyConvNet(), (real_images(1),), settings, NO_IPEX,
                           classifies=True, check=conv_check())
     assert chosen.plan == StepPlan("jit", PRESET_STEPS["jit"]) and chosen.dtype == "fp32"

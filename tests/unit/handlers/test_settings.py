@@ -1,6 +1,7 @@
 import pytest
 
-from torchserve_cpu.handlers.settings import GateThresholds, HandlerSettings, parse_settings
+from torchserve_cpu.handlers.model_config import parse_settings
+from torchserve_cpu.handlers.settings import GateThresholds, HandlerSettings
 
 
 def test_defaults_when_section_missing() -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from torchserve_cpu.handlers.settings import parse_settings
+from torchserve_cpu.handlers.model_config import parse_settings
 from torchserve_cpu.handlers.tasks.labels import read_labels
 from torchserve_cpu.model_store.architectures.efficientnet_lite import (
     EfficientNetLite0,

@@ -20,23 +20,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from torchserve_cpu.handlers.accuracy import FP32_THRESHOLDS, Agreement, compare
-from torchserve_cpu.handlers.archive_inputs import CheckInputs
-from torchserve_cpu.handlers.ipex_support import IpexStatus
-from torchserve_cpu.handlers.pipeline import (
+from torchserve_cpu.handlers.optimize.accuracy import FP32_THRESHOLDS, Agreement, compare
+from torchserve_cpu.handlers.optimize.archive_inputs import CheckInputs
+from torchserve_cpu.handlers.optimize.ipex_support import IpexStatus
+from torchserve_cpu.handlers.optimize.pipeline import (
     AUTO,
     AUTO_ORDER,
     FALLBACKS,
     INT8_PLAN,
     PRESET_STEPS,
-    Stage,
-    StepContext,
     StepPlan,
-    call_stage,
     replaces_model,
     run_steps,
-    set_onednn_graph,
 )
+from torchserve_cpu.handlers.optimize.steps import Stage, StepContext, call_stage, set_onednn_graph
 from torchserve_cpu.handlers.settings import GATE_OFF, GateThresholds, HandlerSettings
 from torchserve_cpu.handlers.tasks import ModelInputs
 

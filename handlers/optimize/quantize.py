@@ -31,7 +31,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from torchserve_cpu.handlers.pipeline import (
+from torchserve_cpu.handlers.optimize.steps import (
     Stage,
     StepContext,
     StepError,

@@ -5,10 +5,10 @@ dimension (1..handler.aot_max_batch), compiles it with AOTInductor (freezing on:
 folded and prepacked for oneDNN; channels-last for conv nets; bf16 as autocast inside the
 graph, so inputs and outputs stay fp32), loads the package back and checks it against
 eager with the handler's own thresholds, then writes `aot-<dtype>.pt2` and its record
-`aot-<dtype>.json` (handlers.aot). A bf16 package the gate refuses is left out and its
+`aot-<dtype>.json` (handlers.aot_package). A bf16 package the gate refuses is left out and its
 record says why; an fp32 one that disagrees fails the build.
 
-    python -m torchserve_cpu.handlers.aot build --model-file mynet.py \\
+    torchserve-cpu aot build --model-file mynet.py \\
         --serialized-file mynet.pt --config-file model-config.yaml -o aot/
     torch-model-archiver ... --extra-files aot/aot-fp32.pt2,aot/aot-fp32.json
 
@@ -18,14 +18,12 @@ Compiling takes 15-40 s per model and precision on 2 cores and needs a C++ compi
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import hashlib
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -33,26 +31,30 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 
-from torchserve_cpu.handlers.accuracy import compare
-from torchserve_cpu.handlers.aot import (
+from torchserve_cpu.handlers.aot_package import (
     SCHEMA,
     InputSpec,
     PackageRecord,
     Runtime,
     example_digest,
+    first_output,
     isa_flags,
     load_package,
     package_name,
     record_name,
 )
 from torchserve_cpu.handlers.loading import load_model
-from torchserve_cpu.handlers.optimizer import thresholds_for
-from torchserve_cpu.handlers.pipeline import StepPlan, has_convolutions, prepare_inputs
-from torchserve_cpu.handlers.pt2_section import apply_pt2
-from torchserve_cpu.handlers.settings import HandlerSettings, parse_settings
+from torchserve_cpu.handlers.model_config import settings_from_config
+from torchserve_cpu.handlers.optimize import (
+    StepPlan,
+    compare,
+    has_convolutions,
+    prepare_inputs,
+    thresholds_for,
+)
+from torchserve_cpu.handlers.settings import HandlerSettings
 from torchserve_cpu.handlers.tasks import ModelInputs, make_task
 from torchserve_cpu.launcher.host import cpuinfo
 
@@ -88,12 +90,6 @@ class Built:
     files: tuple[Path, ...]
     record: PackageRecord
     cached: bool
-
-
-def model_settings(config: Mapping[str, object]) -> HandlerSettings:
-    """The handler's settings from a whole model-config.yaml mapping (handler: + pt2:)."""
-    handler = config.get("handler")
-    return apply_pt2(parse_settings(handler), config.get("pt2"), handler)  # type: ignore[arg-type]
 
 
 def export(module: nn.Module, inputs: ModelInputs, max_batch: int) -> torch.export.ExportedProgram:
@@ -189,8 +185,7 @@ def build_one(eager: nn.Module, settings: HandlerSettings, task: object, dtype: 
         inputs = task.example_inputs(batch)
         with torch.no_grad():
             expected = eager(*inputs).float()
-            output = compiled(*prepare_inputs(inputs, channels_last))
-        output = output[0] if isinstance(output, (list, tuple)) else output
+            output = first_output(compiled(*prepare_inputs(inputs, channels_last)))
         agreement = compare(expected, output, thresholds)
         checked[f"batch {batch}"] = {"cosine": round(agreement.cosine, 6),
                                      "max_abs_diff": float(f"{agreement.max_abs_diff:.3g}")}
@@ -270,7 +265,7 @@ def build_packages(model_dir: Path, manifest: Mapping[str, object],
 
     fp32 always; bf16 as well when the config asks for it. ValueError for a config that
     cannot build (named key), RuntimeError when the fp32 package disagrees with eager."""
-    settings = model_settings(config)
+    settings = settings_from_config(config)
     batch_size = config.get("batchSize", 1)
     if isinstance(batch_size, int) and batch_size > settings.aot_max_batch:
         raise ValueError(f"handler.aot_max_batch: {settings.aot_max_batch} is below the "
@@ -321,38 +316,12 @@ def staged_archive(model_file: Path, serialized_file: Path, extra_files: Sequenc
     return {"model": {"modelFile": model_file.name, "serializedFile": serialized_file.name}}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m torchserve_cpu.handlers.aot build",
-        description="Compile a model ahead of time into aot-<dtype>.pt2 + .json for "
-                    "torch-model-archiver --extra-files (handler.optimize: aot).")
-    parser.add_argument("--model-file", type=Path, required=True)
-    parser.add_argument("--serialized-file", type=Path, required=True,
-                        help="the state dict (.pt or .safetensors)")
-    parser.add_argument("--config-file", type=Path, required=True, help="model-config.yaml")
-    parser.add_argument("--extra-files", default="",
-                        help="comma-separated, as for the archiver (tokenizer.json ...)")
-    parser.add_argument("-o", "--out-dir", type=Path, default=Path("."))
-    parser.add_argument("--cache-dir", type=Path, help="reuse packages built before")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        config = yaml.safe_load(args.config_file.read_text()) or {}
-        extras = [Path(p) for p in args.extra_files.split(",") if p]
-        with tempfile.TemporaryDirectory() as staging:
-            manifest = staged_archive(args.model_file, args.serialized_file, extras,
-                                      Path(staging))
-            built = build_packages(Path(staging), manifest, config, args.out_dir,
-                                   args.cache_dir, args.model_file.stem)
-    except (OSError, ValueError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    files = [str(path) for one in built for path in one.files]
-    for one in built:
-        state = f"refused: {one.record.refused}" if one.record.refused else "ok"
-        print(f"{one.record.dtype}: {state} {one.record.checked}")
-    if (config.get("handler") or {}).get("optimize") != "aot":
-        print("note: set `handler: optimize: aot` in model-config.yaml to serve them",
-              file=sys.stderr)
-    print(f"--extra-files {','.join(files)}")
-    return 0
+def build_from_files(model_file: Path, serialized_file: Path, config: Mapping[str, object],
+                     extra_files: Sequence[Path], out_dir: Path,
+                     cache_dir: Path | None) -> list[Built]:
+    """Packages for the files a user would give torch-model-archiver (`torchserve-cpu aot
+    build`): staged as TorchServe would unpack them, then built into `out_dir`."""
+    with tempfile.TemporaryDirectory() as staging:
+        manifest = staged_archive(model_file, serialized_file, extra_files, Path(staging))
+        return build_packages(Path(staging), manifest, config, out_dir, cache_dir,
+                              model_file.stem)

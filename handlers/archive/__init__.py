@@ -1,0 +1,10 @@
+"""Archive time: what is built before TorchServe ever loads the model (AOTInductor packages),
+as TorchServe keeps its model archiver apart from the server."""
+
+from torchserve_cpu.handlers.archive.aot_build import (
+    build_from_files,
+    build_packages,
+    staged_archive,
+)
+
+__all__ = ["build_from_files", "build_packages", "staged_archive"]

@@ -1,0 +1,18 @@
+"""Building the served model: the optimization vocabulary (steps, presets), choosing and
+checking a pipeline against eager, int8, and loading an archive's AOTInductor package."""
+
+from torchserve_cpu.handlers.optimize.accuracy import compare
+from torchserve_cpu.handlers.optimize.archive_inputs import check_inputs
+from torchserve_cpu.handlers.optimize.ipex_support import IpexStatus, probe_ipex
+from torchserve_cpu.handlers.optimize.optimizer import (
+    Optimized,
+    optimize,
+    plan_dtype,
+    thresholds_for,
+)
+from torchserve_cpu.handlers.optimize.pipeline import PRESET_NAMES, STEPS, StepPlan
+from torchserve_cpu.handlers.optimize.steps import has_convolutions, prepare_inputs
+
+__all__ = ["PRESET_NAMES", "STEPS", "IpexStatus", "Optimized", "StepPlan", "check_inputs",
+           "compare", "has_convolutions", "optimize", "plan_dtype", "prepare_inputs",
+           "probe_ipex", "thresholds_for"]
