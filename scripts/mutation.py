@@ -5,8 +5,9 @@
                              [--commit REV]
 
 Why a staging tree: mutmut 3 copies the sources into `mutants/` and names every mutant
-after its file's path (`launcher/planning/planner.py` -> `launcher.planning.planner`), while the tests
-import `torchserve_cpu.launcher.planning.planner`, which the editable install resolves to the
+after its file's path (`launcher/planning/planner.py` ->
+`launcher.planning.planner`), while the tests import
+`torchserve_cpu.launcher.planning.planner`, which the editable install resolves to the
 checkout, not to the mutated copy. So each run builds, in a temporary folder, the layout
 the import names expect: the part's folder copied to `torchserve_cpu/<part>/` (a real
 package; `torchserve_cpu` stays a namespace, so the parts not staged still come from the
