@@ -32,9 +32,8 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.loopback_torchserve import TorchServe, start
+from benchmarks.loopback_torchserve import TorchServe, start, write_properties
 from torchserve_cpu.handlers.served_record import read_records
-from torchserve_cpu.launcher.torchserve.properties import write_properties
 from torchserve_cpu.model_store.build import build_archive
 
 RESULTS = Path(__file__).resolve().parent / "results"

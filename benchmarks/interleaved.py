@@ -27,10 +27,9 @@ from pathlib import Path
 
 from benchmarks.ab import AbLoad, run_ab
 from benchmarks.coldstart import management, wait_management
-from benchmarks.loopback_torchserve import TorchServe, start
+from benchmarks.loopback_torchserve import TorchServe, start, write_properties
 from benchmarks.plan import MODEL_CASES
 from torchserve_cpu.handlers.served_record import read_records
-from torchserve_cpu.launcher.torchserve.properties import write_properties
 from torchserve_cpu.model_store.build import build_archive
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from torchserve_cpu.launcher.host.procfs import process_stat
-from torchserve_cpu.launcher.torchserve.properties import read_properties, write_properties
+from torchserve_cpu.launcher.torchserve.properties import read_properties
 from torchserve_cpu.launcher.torchserve.serve import (
     Prepared,
     derived_config_path,
@@ -32,6 +32,12 @@ from torchserve_cpu.launcher.torchserve.serve import (
 )
 
 ADDRESS_KEYS = ("inference_address", "management_address", "metrics_address")
+
+
+def write_properties(path: Path, properties: Mapping[str, str]) -> None:
+    """A config.properties for a test or benchmark server (the product only reads them)."""
+    lines = [f"{key}={value}" for key, value in properties.items()]
+    Path(path).write_text("\n".join(lines) + "\n")
 
 
 class ServerError(RuntimeError):

@@ -19,9 +19,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from benchmarks.loopback_torchserve import start
+from benchmarks.loopback_torchserve import start, write_properties
 from torchserve_cpu.launcher.host.procfs import allowed_cpus
-from torchserve_cpu.launcher.torchserve.properties import write_properties
 from torchserve_cpu.launcher.torchserve.registry import FILE_NAME, REGISTRY_ENV, read_entries
 from torchserve_cpu.model_store.build import STORE_DIR, build_archive
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.loopback_torchserve import TorchServe, start, start_with_launcher
+from benchmarks.loopback_torchserve import TorchServe, start, start_with_launcher, write_properties
 from benchmarks.plan import Load, ModelCase, cores
 from benchmarks.scenarios import (
     HANDLER_STOCK,
@@ -28,7 +28,7 @@ from benchmarks.scenarios import (
 from benchmarks.stock_handler import THREADS_ENV
 from torchserve_cpu.handlers.served_record import ServedRecord, read_records
 from torchserve_cpu.launcher.planning.allocators import mapped_allocator
-from torchserve_cpu.launcher.torchserve.properties import parse_properties, write_properties
+from torchserve_cpu.launcher.torchserve.properties import parse_properties
 
 STOCK_HANDLER = Path(__file__).resolve().parent / "stock_handler.py"
 

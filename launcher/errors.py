@@ -7,5 +7,5 @@ class LauncherError(ValueError):
     """A bad setting (config key, launcher flag, topology) with a message naming it.
 
     A ValueError so callers that already treat bad values as user errors keep working;
-    only `launcher.__main__` turns it into an exit code.
+    only `launcher.cli` (the `torchserve-cpu` command) turns it into an exit code.
     """

@@ -1,4 +1,4 @@
-"""Shared fixtures; each test's marker (unit / integration / e2e) comes from its folder."""
+"""Shared fixtures; each test's marker (unit / integration / e2e / ipex) comes from its folder."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 pytest_plugins = ["tests.support.fixtures"]
 
-LAYERS = ("unit", "integration", "e2e")
+LAYERS = ("unit", "integration", "e2e", "ipex")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

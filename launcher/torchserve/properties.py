@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 
@@ -42,7 +41,3 @@ def _split_pair(line: str) -> tuple[str, str]:
 def read_properties(path: Path) -> dict[str, str]:
     return parse_properties(Path(path).read_text())
 
-
-def write_properties(path: Path, properties: Mapping[str, str]) -> None:
-    lines = [f"{key}={value}" for key, value in properties.items()]
-    Path(path).write_text("\n".join(lines) + "\n")

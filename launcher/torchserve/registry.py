@@ -145,7 +145,8 @@ class Registry:
             newcomer = Entry(pid, started, model, frontend, state.next_seq, pool)
             after = _reseat(self.machine, state, (*state.entries, newcomer), state.next_seq + 1)
             entry = after.find(newcomer.key)
-            assert entry is not None
+            if entry is None:  # _reseat keeps every live entry it is given
+                raise RuntimeError(f"registry: re-seating lost the new worker pid {pid}")
             if entry.shared_with and not allow_sharing:
                 live = [e for e in state.entries if e.pool == pool]
                 raise LauncherError(

@@ -17,14 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.loopback_torchserve import TorchServe, loopback_properties, post
+from benchmarks.loopback_torchserve import TorchServe, loopback_properties, post, write_properties
 from tests.integration.launcher.launcher_probe import wait_for
 from tests.support.prometheus import Sample, named, placement_cpus, placements, scrape
 from tests.support.tiny_archive import build_tiny_archive
 from torchserve_cpu.launcher.host.procfs import allowed_cpus
 from torchserve_cpu.launcher.planning.allocators import mapped_allocator
 from torchserve_cpu.launcher.resources import HANDLER_FILE
-from torchserve_cpu.launcher.torchserve.properties import write_properties
 from torchserve_cpu.launcher.torchserve.registry import read_entries
 
 REPO = Path(__file__).resolve().parents[2]
