@@ -24,7 +24,6 @@ from torchserve_cpu.launcher.planning import (
     PRELOAD_FIX,
     choose_allocator,
     mapped_allocator,
-    parse_launcher_args,
 )
 from torchserve_cpu.launcher.torchserve import Entry, read_entries, torchserve_workers
 
@@ -105,7 +104,7 @@ def inspect(
                 nodes=tuple(sorted({node_of[c].node for c in cpus
                                     if c in node_of and node_of[c].node is not None})),
                 pending_threads=pending,
-                logical_cores=bool(entry) and parse_launcher_args(entry.pool.args).use_logical_core,
+                logical_cores=bool(entry) and entry.pool.options.use_logical_core,
             )
         )
     found = problems(workers, topology, by_pid)
@@ -124,7 +123,7 @@ def allocator_hints(workers: list[WorkerReport], entries: dict[int, Entry]) -> l
         if entry is None or worker.allocator == "unknown":
             continue
         try:
-            wanted = choose_allocator(parse_launcher_args(entry.pool.args)).name
+            wanted = choose_allocator(entry.pool.options).name
         except LauncherError as error:
             hints.append(f"pid {worker.pid}: {error}")
             continue

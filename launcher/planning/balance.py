@@ -22,7 +22,7 @@ Pure: no I/O, tested on saved topologies.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from torchserve_cpu.launcher.errors import LauncherError
@@ -39,10 +39,12 @@ class Pool:
 
     cpus: tuple[int, ...]  # allowed to the frontend: cgroup cpuset ∩ affinity
     quota: float | None  # cgroup CPU quota in CPUs
-    args: str  # cpu_launcher_args, as written
+    args: str  # cpu_launcher_args, as written (what the registry stores)
+    #: the args parsed, once, when the pool is made (from a config or the registry's text)
+    options: LauncherOptions = field(init=False, compare=False, repr=False)
 
-    def options(self) -> LauncherOptions:
-        return parse_launcher_args(self.args)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", parse_launcher_args(self.args))
 
 
 @dataclass(frozen=True)
@@ -80,11 +82,7 @@ def is_reserved(options: LauncherOptions) -> bool:
     return options.ninstances is not None or options.mode == "throughput"
 
 
-def assign(
-    machine: Topology,
-    demands: Sequence[Demand],
-    options_of: Callable[[Pool], LauncherOptions] = Pool.options,
-) -> Assignment:
+def assign(machine: Topology, demands: Sequence[Demand]) -> Assignment:
     """Seats for every demand. Raises LauncherError only for a pool whose own settings
     cannot be planned at all (e.g. --node_id of a node with no allowed CPU)."""
     pools: dict[Pool, list[Demand]] = {}
@@ -97,7 +95,7 @@ def assign(
     # is not free (planning over it put two instances' threads on one core, unreported).
     taken: set[CoreKey] = set()
     for pool, members in pools.items():  # dict order = oldest worker first
-        options = options_of(pool)
+        options = pool.options
         free = [cpu for cpu in pool.cpus if core_of.get(cpu) not in taken]
         if not free:
             notes.append(

@@ -303,7 +303,8 @@ def test_with_nothing_of_its_own_left_a_worker_stays_on_its_node(xeon: Topology)
 
 
 def test_a_layout_of_no_blocks_is_an_error_not_an_empty_seat(xeon: Topology) -> None:
-    """Only reachable through options_of (the parser refuses --ninstances 0)."""
+    """Not reachable from a config (the parser refuses --ninstances 0): options set by hand."""
+    pool = pool_of(xeon)
+    object.__setattr__(pool, "options", LauncherOptions(ninstances=0))
     with pytest.raises(LauncherError, match="^no core block can be planned for these workers$"):
-        assign(xeon, [Demand((1, 0), "m", pool_of(xeon), 0)],
-               options_of=lambda pool: LauncherOptions(ninstances=0))
+        assign(xeon, [Demand((1, 0), "m", pool, 0)])
