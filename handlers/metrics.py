@@ -45,7 +45,7 @@ from torchserve_cpu.launcher.torchserve import WorkerPlacement
 
 log = logging.getLogger(__name__)
 
-STAGES = ("preprocess", "inference", "postprocess")
+STAGES = (PREPROCESS, INFERENCE, POSTPROCESS) = ("preprocess", "inference", "postprocess")
 
 
 class MetricSpec(NamedTuple):

@@ -35,7 +35,13 @@ from torchserve_cpu.handlers.envelopes import (
     request_headers,
 )
 from torchserve_cpu.handlers.errors import BadInput
-from torchserve_cpu.handlers.metrics import WorkerMetrics, worker_metrics
+from torchserve_cpu.handlers.metrics import (
+    INFERENCE,
+    POSTPROCESS,
+    PREPROCESS,
+    WorkerMetrics,
+    worker_metrics,
+)
 from torchserve_cpu.handlers.profiling import op_ranges, stage_range
 from torchserve_cpu.handlers.served_model import ServedModel, build_served_model
 from torchserve_cpu.handlers.served_record import ServedRecord, record_line
@@ -152,7 +158,7 @@ class OptimizingHandler(BaseHandler):
     def preprocess(self, data: list | None) -> DecodedBatch:
         """Decode every item on its own, reading the headers of the request it came from."""
         with stage_range(f"{self.model_name}.preprocess", self.served.settings.itt_ranges), \
-                self.metrics.stage("preprocess"):
+                self.metrics.stage(PREPROCESS):
             return self._decode(data)
 
     def _decode(self, data: list | None) -> DecodedBatch:
@@ -189,7 +195,7 @@ class OptimizingHandler(BaseHandler):
             return batch
         settings = self.served.settings
         with stage_range(f"{self.model_name}.inference", settings.itt_ranges), \
-                op_ranges(settings.emit_itt), self.metrics.stage("inference"):
+                op_ranges(settings.emit_itt), self.metrics.stage(INFERENCE):
             return replace(batch, outputs=self.served(*batch.inputs))
 
     def postprocess(self, batch: DecodedBatch) -> list[object]:  # type: ignore[override]
@@ -205,7 +211,7 @@ class OptimizingHandler(BaseHandler):
         answers: list[object] = [None] * batch.count
         if batch.outputs is not None:
             with stage_range(f"{self.model_name}.postprocess", self.served.settings.itt_ranges), \
-                    self.metrics.stage("postprocess"):
+                    self.metrics.stage(POSTPROCESS):
                 for index, answer in zip(batch.indices, self.served.task.answer(batch.outputs)):
                     answers[index] = answer
         for index, error in batch.errors.items():

@@ -117,16 +117,7 @@ class Registry:
         return (info.st_ino, info.st_mtime_ns)
 
     def read(self) -> State:
-        try:
-            data = json.loads(self.path.read_text())
-            return State(
-                generation=int(data["generation"]),
-                next_seq=int(data["next_seq"]),
-                entries=tuple(Entry.from_dict(e) for e in data["entries"]),
-                notes=tuple(data.get("notes", ())),
-            )
-        except (OSError, ValueError, KeyError, TypeError):
-            return State()  # missing or foreign file: start afresh, liveness is rechecked
+        return read_state(self.path)
 
     # -- changes (under the lock) ---------------------------------------------------------
 
@@ -242,12 +233,22 @@ def _reseat(machine: Topology, before: State, entries: tuple[Entry, ...], next_s
     )
 
 
-def read_entries(directory: Path | None = None) -> tuple[Entry, ...]:
-    """Live workers as last recorded (for `doctor`); exited ones are left out."""
-    path = (directory or default_directory()) / FILE_NAME
+def read_state(path: Path) -> State:
+    """The registry file's state; empty when it is missing or foreign (start afresh:
+    liveness is rechecked)."""
     try:
         data = json.loads(path.read_text())
-        entries = (Entry.from_dict(e) for e in data["entries"])
+        return State(
+            generation=int(data["generation"]),
+            next_seq=int(data["next_seq"]),
+            entries=tuple(Entry.from_dict(e) for e in data["entries"]),
+            notes=tuple(data.get("notes", ())),
+        )
     except (OSError, ValueError, KeyError, TypeError):
-        return ()
+        return State()
+
+
+def read_entries(directory: Path | None = None) -> tuple[Entry, ...]:
+    """Live workers as last recorded (for `doctor`); exited ones are left out."""
+    entries = read_state((directory or default_directory()) / FILE_NAME).entries
     return tuple(e for e in entries if is_alive(e.pid, e.started))
