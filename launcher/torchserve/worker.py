@@ -47,7 +47,7 @@ from torchserve_cpu.launcher.planning import (
 )
 from torchserve_cpu.launcher.torchserve import apply
 from torchserve_cpu.launcher.torchserve.processes import frontend_of
-from torchserve_cpu.launcher.torchserve.registry import Entry, Registry
+from torchserve_cpu.launcher.torchserve.registry import Entry, Registry, sharing_note
 from torchserve_cpu.launcher.torchserve.tsconfig import CONFIG_ENV, find_config, read_ts_config
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,8 @@ class PinnedWorker:
         """Follow the registry: read this worker's seat, decide what changed, apply it."""
         with self._lock:
             self._stamp = self.registry.stamp()  # before reading: a later write is seen
-            entry = self.registry.read().find(self.key)
+            state = self.registry.read()
+            entry = state.find(self.key)
             if entry is None and os.getppid() != self._parent:
                 return  # swept while TorchServe stops this worker: keep out of the way
             if entry is None:  # the file was removed or we were swept by mistake: rejoin
@@ -162,11 +163,9 @@ class PinnedWorker:
             # more read): a stamp taken after it may already be another worker's write,
             # which would then never be followed (seen: a worker stuck on 1 of 2 cores).
             self.registry.record_applied(self.key, self._threads_applied)
-        if entry.shared_with:
-            log.warning("launcher: %s worker %d shares cores %s with pids %s: more workers "
-                        "than core blocks; lower min_worker or widen the cpuset",
-                        self.model, self.key[0], format_cpulist(entry.cpus),
-                        ",".join(map(str, entry.shared_with)))
+        note = sharing_note(entry, state.entries)
+        if note:
+            log.warning("launcher: %s", note)
 
     def _apply(self, change: SeatChange, entry: Entry) -> None:
         """Every side effect of taking `entry` (called under the lock)."""
