@@ -131,12 +131,13 @@ def select_kernels(facts: CpuFacts) -> tuple[KernelChoice, ...]:
     )
 
 
-def kernel_binary(kernel: Kernel, cache_dir: Path | None = None) -> Path | None:
-    """`kernel` compiled (cached by source and flags); None without gcc. Raises
-    CalledProcessError when this gcc cannot build it (too old for its -m flags)."""
-    if shutil.which("gcc") is None:
+def kernel_binary(kernel: Kernel, cache_dir: Path | None = None,
+                  compiler: str = "gcc") -> Path | None:
+    """`kernel` compiled (cached by source, compiler and flags); None without the compiler.
+    Raises CalledProcessError when it cannot build it (a gcc too old for its -m flags)."""
+    if shutil.which(compiler) is None:
         return None
-    command = ["gcc", "-O3", "-funroll-loops", *kernel.cflags, f"-D{kernel.macro}", "-fopenmp",
+    command = [compiler, "-O3", "-funroll-loops", *kernel.cflags, f"-D{kernel.macro}", "-fopenmp",
                str(FMA_SOURCE)]
     digest = hashlib.sha256(FMA_SOURCE.read_bytes() + " ".join(command).encode()).hexdigest()
     cache = cache_dir or Path(tempfile.gettempdir()) / "torchserve-cpu-bench"
