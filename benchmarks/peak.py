@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from torchserve_cpu.handlers.optimize.precision import ARM, X86, CpuFacts, read_cpu_facts
+from torchserve_cpu.launcher.host import ARM, X86, CpuFacts, read_cpu_facts
 
 FMA_SOURCE = Path(__file__).resolve().parent / "native" / "fma_peak.c"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from torchserve_cpu.handlers.optimize.precision import CpuFacts, normal_arch, parse_cpuinfo
+from torchserve_cpu.launcher.host import CpuFacts, normal_arch, parse_cpuinfo
 
 DIRECTORY = Path(__file__).resolve().parents[1] / "data" / "capabilities"
 NAMES = ("zen3", "zen4", "sapphire_rapids", "graviton3")

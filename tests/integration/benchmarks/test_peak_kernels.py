@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from benchmarks.peak import NATIVE_KERNELS, kernel_binary, run_kernel, select_kernels
-from torchserve_cpu.handlers.optimize.precision import ARM, read_cpu_facts
+from torchserve_cpu.launcher.host import ARM, read_cpu_facts
 
 CHOICES = select_kernels(read_cpu_facts())
 

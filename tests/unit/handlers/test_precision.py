@@ -11,12 +11,13 @@ import pytest
 
 from tests.support.capabilities import NAMES, capability_set, saved_facts
 from torchserve_cpu.handlers.optimize import precision
-from torchserve_cpu.handlers.optimize.precision import (
+from torchserve_cpu.handlers.optimize.precision import decide
+from torchserve_cpu.launcher.host import (
     ARM,
     X86,
     CpuFacts,
+    SysRoot,
     capabilities,
-    decide,
     normal_arch,
     parse_cpuinfo,
     read_cpu_facts,
@@ -132,19 +133,23 @@ def test_cpuinfo_lines_are_read_per_architecture() -> None:
 
 
 def test_reading_the_machine_is_separate_and_tolerates_no_cpuinfo(tmp_path: Path) -> None:
-    info = tmp_path / "cpuinfo"
-    info.write_text("Features\t: fp asimd asimddp\n")
-    assert read_cpu_facts(info, machine="arm64") == \
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "cpuinfo").write_text("Features\t: fp asimd asimddp\n")
+    assert read_cpu_facts(SysRoot(tmp_path), machine="arm64") == \
         CpuFacts(ARM, frozenset({"fp", "asimd", "asimddp"}), "")
-    none = read_cpu_facts(tmp_path / "absent", machine="x86_64")
+    none = read_cpu_facts(SysRoot(tmp_path / "absent"), machine="x86_64")
     assert none.flags == frozenset() and decide("bf16", none).served.dtype == "fp32"
 
 
-def test_the_module_imports_only_the_standard_library() -> None:
-    """The lead wires it into the handler and launcher later: no imports the other way."""
+def test_the_module_imports_only_the_standard_library_and_host_facts() -> None:
+    """A decision on data: the CPU facts come from launcher.host, nothing else is needed."""
     tree = ast.parse(Path(precision.__file__).read_text())
     imported = {alias.name.split(".")[0] for node in ast.walk(tree)
                 if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom) and node.module}
+    imported -= {"torchserve_cpu"} if all(
+        node.module == "torchserve_cpu.launcher.host" for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torchserve_")
+    ) else set()
     assert imported <= set(sys.stdlib_module_names) | {"__future__"}
