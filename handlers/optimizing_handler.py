@@ -42,11 +42,12 @@ from torchserve_cpu.handlers.metrics import (
     WorkerMetrics,
     worker_metrics,
 )
+from torchserve_cpu.handlers.optimize import Decision
 from torchserve_cpu.handlers.profiling import op_ranges, stage_range
 from torchserve_cpu.handlers.served_model import ServedModel, build_served_model
 from torchserve_cpu.handlers.served_record import ServedRecord, record_line
 from torchserve_cpu.handlers.tasks import ModelInputs
-from torchserve_cpu.launcher.host import format_cpulist
+from torchserve_cpu.launcher.host import CpuFacts, capabilities, format_cpulist
 from torchserve_cpu.launcher.torchserve import PinnedWorker, pin_current_worker
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class OptimizingHandler(BaseHandler):
         self.initialized = True
         self._report_ready(ready_record(self.model_name, self.served,
                                         time.perf_counter() - started, self.pinned))
-        self.metrics.served(self.served.model)
+        self.metrics.served(self.served.model, self.served.settings.dtype)
         if self.pinned is not None:
             self.pinned.on_placement(self.metrics.placement)
 
@@ -244,7 +245,25 @@ def ready_record(model_name: str, served: ServedModel, load_s: float,
         placement=asdict(pinned.placement) if pinned else None,
         notes=chosen.stage.notes,
         rejected=chosen.rejected,
+        requested_dtype=served.settings.dtype,
+        precision=precision_note(served.precision, chosen.dtype),
+        cpu=cpu_summary(served.cpu),
     )
+
+
+def precision_note(decision: Decision, served: str) -> str:
+    """Why the dtype served is what it is: the CPU's answer, then the gate's if it differs."""
+    reasons = [f"{c.dtype}: {c.reason}" for c in decision.candidates]
+    if served not in [c.dtype for c in decision.candidates]:
+        reasons.append(f"{served}: the reduced precision did not pass the accuracy gate")
+    return "; ".join(reasons)
+
+
+def cpu_summary(cpu: CpuFacts) -> dict[str, object]:
+    """The CPU facts the precision decision read (the ready record shows them)."""
+    found = capabilities(cpu)
+    return {"model": cpu.model, "arch": cpu.arch, "bf16": list(found.bf16_flags),
+            "int8_dot": list(found.int8_dot_flags), "int8_7bit": found.int8_saturating}
 
 
 PAYLOAD_NAMES = ("data", "body")  # a form's field named as in TorchServe's docs; a raw body

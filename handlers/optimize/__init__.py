@@ -11,8 +11,9 @@ from torchserve_cpu.handlers.optimize.optimizer import (
     thresholds_for,
 )
 from torchserve_cpu.handlers.optimize.pipeline import PRESET_NAMES, STEPS, StepPlan
+from torchserve_cpu.handlers.optimize.precision import Decision, decide
 from torchserve_cpu.handlers.optimize.steps import prepare_inputs, wants_channels_last
 
-__all__ = ["PRESET_NAMES", "STEPS", "IpexStatus", "Optimized", "StepPlan", "check_inputs",
-           "compare", "optimize", "plan_dtype", "prepare_inputs",
+__all__ = ["PRESET_NAMES", "STEPS", "Decision", "IpexStatus", "Optimized", "StepPlan",
+           "check_inputs", "compare", "decide", "optimize", "plan_dtype", "prepare_inputs",
            "probe_ipex", "thresholds_for", "wants_channels_last"]

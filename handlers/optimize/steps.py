@@ -71,6 +71,9 @@ class StepContext:
     model_dir: Path | None = None  # the unpacked archive (aot packages live there)
     #: torch.compile keyword arguments from model-config.yaml's `pt2:` section
     compile_options: Mapping[str, object] = field(default_factory=dict)
+    #: int8 activation width this CPU computes exactly (handlers.optimize.precision): 8 with
+    #: VNNI/AMX/arm dot products, 7 on AVX2 alone (its 16-bit sums saturate)
+    activation_bits: int = 8
 
 
 class StepError(RuntimeError):
