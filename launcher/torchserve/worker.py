@@ -185,7 +185,9 @@ class PinnedWorker:
             model=self.model,
             cpus=entry.cpus,
             node=entry.node,
-            threads=self._threads_applied,
+            # the threads its batches run with: a seat moved while idle applies its count
+            # before the next batch, so the placement (and its metric) shows it now
+            threads=self._threads_applied if change.rethread else entry.threads,
             allocator=mapped_allocator("self", self._fs) or "unknown",
             memory_policy=self._memory,
             shared_with=entry.shared_with,

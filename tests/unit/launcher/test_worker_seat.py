@@ -97,3 +97,17 @@ def seat(cpus: tuple[int, ...] = (), threads: int = 0, node: int | None = 0) -> 
 def test_seat_change(applied: Entry, threads_applied: int, new: Entry, inference: bool,
                      expected: SeatChange) -> None:
     assert seat_change(applied, threads_applied, new, inference) == expected
+
+
+def test_a_seat_moved_while_idle_shows_its_new_cores_and_threads_at_once(
+        tmp_path: Path, applied: list[int]) -> None:
+    """Issue 18: the placement metric read Cores="0" with value 2 until the next batch; it
+    now changes with the seat, as the threads the next batch applies first."""
+    registry, pinned = seated(tmp_path)
+    heard: list[tuple[tuple[int, ...], int]] = []
+    pinned.on_placement(lambda placement: heard.append((placement.cpus, placement.threads)))
+    registry.join(11, 1, "b", 99, pool(2))  # a second worker: this one shrinks to one core
+    pinned._sync(inference_thread=False)  # the watcher thread's view: no threads applied
+    assert heard == [((0, 1), 2), ((0,), 1)] and applied == [2]
+    pinned.refresh()  # the next batch applies them
+    assert applied == [2, 1] and heard[-1] == ((0,), 1)
