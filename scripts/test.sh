@@ -4,6 +4,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/setup.sh
 apt_install shellcheck
+# tests/e2e/test_container.py: a container engine (podman, runc, debootstrap on Debian)
+bash scripts/container.sh setup
 
 # checkov (the manifests' security rules) pins packaging<24 and an old networkx, which
 # would break the main venv: it gets a venv of its own, cached outside the repo.
