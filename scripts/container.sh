@@ -56,8 +56,9 @@ pick_engine() {
 }
 
 # podman's defaults assume systemd and crun. Where systemd is not running (a container, a
-# CI machine), use cgroupfs and, when installed, runc; nofile/nproc limits are set because
-# a runtime without systemd's defaults passes the caller's limits, which may be tiny.
+# CI machine), use cgroupfs and, when installed, runc; and explicit nofile/nproc limits:
+# podman's default raises them to 1048576, beyond the hard limit a sandboxed root may set
+# (runc then fails: "error setting rlimit type 7: operation not permitted").
 podman_conf() {
     if [ -n "${CONTAINERS_CONF:-}" ] || [ -d /run/systemd/system ]; then
         return
@@ -289,7 +290,24 @@ cmd_build() {
         "$ENGINE" build "${args[@]}" -f "$DOCKERFILE" -t "$tag" "$REPO_DIR" >&2
     fi
     say "built $tag in $((SECONDS - start)) s"
+    prune_older "$tag"
     echo "$tag"
+}
+
+# Images of earlier sources: the src-* tags other than `keep`, and the untagged builder
+# stages but the newest (the layer cache of the next build). Nothing else is touched.
+prune_older() {
+    local keep="$1" image
+    "$ENGINE" images --format '{{.Repository}}:{{.Tag}}' |
+        grep -E '^localhost/torchserve-cpu:src-[0-9a-f]+$' | grep -v -x -F "$keep" |
+        while IFS= read -r image; do
+            "$ENGINE" rmi "$image" >/dev/null 2>&1 || true
+        done || true  # grep finds none: not a failure
+    "$ENGINE" images --quiet --filter dangling=true \
+        --filter label=io.github.torchserve-cpu.stage=builder | tail -n +2 |
+        while IFS= read -r image; do
+            "$ENGINE" rmi "$image" >/dev/null 2>&1 || true
+        done || true
 }
 
 cmd_run() {
@@ -310,13 +328,18 @@ cmd_test() {
     exec "$python" -m pytest -q -p no:cacheprovider tests/e2e/test_container.py "$@"
 }
 
-case "${1:-}" in
-    setup) cmd_setup ;;
-    build) shift; cmd_build "$@" ;;
-    run) shift; cmd_run "$@" ;;
-    test) shift; cmd_test "$@" ;;
-    tag) engine_ready; cmd_tag ;;
-    probe) cmd_probe ;;
-    engine) shift; engine_ready; exec "$ENGINE" "$@" ;;
-    *) sed -n '2,12p' "$0" >&2; exit 2 ;;
-esac
+# One function read whole before it runs, then exit: editing this file while a build runs
+# cannot change what the running shell reads next.
+main() {
+    case "${1:-}" in
+        setup) cmd_setup ;;
+        build) shift; cmd_build "$@" ;;
+        run) shift; cmd_run "$@" ;;
+        test) shift; cmd_test "$@" ;;
+        tag) engine_ready; cmd_tag ;;
+        probe) cmd_probe ;;
+        engine) shift; engine_ready; exec "$ENGINE" "$@" ;;
+        *) sed -n '2,12p' "$0" >&2; exit 2 ;;
+    esac
+}
+main "$@"; exit
