@@ -7,11 +7,14 @@ content hash of what goes into it, so a rerun with unchanged sources reuses it. 
 store holds EfficientNet-Lite0 with its real ImageNet weights (`model_store.build`), its
 worker count left to TorchServe's default, so it follows the container's CPUs.
 
-- A pod as the kubelet makes it: the static CPU manager gives a Guaranteed pod an exclusive
-  cpuset and a CFS quota equal to its limit (`--cpuset-cpus=1 --cpus=1 --memory=...`), or a
-  quota below the set (`--cpuset-cpus=0-1 --cpus=1`). Workers must sit inside the set, one
-  per CPU the quota allows, threads = cores of their block, the placement metric equal to
-  each worker's Cpus_allowed_list read from /proc inside the container; requests served.
+- A pod as the kubelet makes it: deployment.yaml's container (its env, with
+  TS_DEFAULT_WORKERS_PER_MODEL from limits.cpu; the ConfigMap; emptyDirs; read-only root,
+  user, no capabilities) sized to 1 CPU and 3 GiB. The static CPU manager gives a
+  Guaranteed pod an exclusive cpuset and a CFS quota equal to its limit
+  (`--cpuset-cpus=1 --cpus=1`); without it the quota is below the set
+  (`--cpuset-cpus=0-1 --cpus=1`). Workers must sit inside the set, one per CPU of the
+  limit, threads = cores of their block, the placement metric equal to each worker's
+  Cpus_allowed_list read from /proc inside the container; requests served.
 - The plain run a user makes (`-p`, `-v store:/models`, `--cpuset-cpus` only, token
   authorization on): readiness false until every worker is up, true after; a real photo
   classified; then a rolling update's stop under keep-alive load (`ab -k` and a client that
@@ -44,6 +47,7 @@ from tests.support.container import (
     engine,
     engine_unusable,
     parse_cpulist,
+    pod_run_args,
     script,
     wait_until,
 )
@@ -107,9 +111,8 @@ def containers():
         container.remove()
 
 
-def start(containers: list[Container], image: str, store: Path, name: str,
-          *run_args: str) -> Container:
-    container = Container.start(image, f"tscpu-test-{name}", store, *run_args)
+def start(containers: list[Container], image: str, name: str, *run_args: str) -> Container:
+    container = Container.start(image, f"tscpu-test-{name}", *run_args)
     containers.append(container)
     return container
 
@@ -126,7 +129,7 @@ def wait_ready(container: Container, workers: int) -> list[tuple[bool, int | Non
 
     def ping() -> int | None:
         try:
-            key = container.keys()["inference"]["key"]
+            key = container.keys().get("inference", {}).get("key")
             return call(f"{container.url(8080)}/ping", key=key, timeout=5).status
         except (AssertionError, OSError, ValueError, KeyError):
             return None
@@ -145,17 +148,17 @@ def wait_ready(container: Container, workers: int) -> list[tuple[bool, int | Non
 
 
 def describe(container: Container) -> dict:
-    key = container.keys()["management"]["key"]
-    reply = call(f"{container.url(8081)}/models/{MODEL}", key=key)
-    assert reply.status == 200, reply.body
-    return json.loads(reply.body)[0]
+    return container.management(f"/models/{MODEL}")[0]
 
 
 def classify(container: Container, photo: bytes) -> list[dict]:
-    key = container.keys()["inference"]["key"]
+    """The photo's top-5 classes; with token authorization on, a request without the
+    key must be refused first."""
+    key = container.keys().get("inference", {}).get("key")
     url = f"{container.url(8080)}/predictions/{MODEL}"
-    assert call(url, photo, content_type="image/jpeg").status in (400, 401), \
-        "token authorization is on by default: a request without the key is refused"
+    if key:
+        assert call(url, photo, content_type="image/jpeg").status in (400, 401), \
+            "token authorization is on: a request without the key is refused"
     reply = call(url, photo, key=key, content_type="image/jpeg")
     assert reply.status == 200, reply.body
     return json.loads(reply.body)["topk"]
@@ -215,32 +218,43 @@ def check_workers(container: Container, allowed: set[int], workers: int,
 @dataclass(frozen=True)
 class Pod:
     name: str
-    run_args: tuple[str, ...]
+    cpuset: str
     allowed: set[int]
-    quota: float
-    workers: int  # one per CPU the JVM counts: min(cpuset, quota rounded up)
+    cpus: int  # limits.cpu (= requests): the CFS quota, and the workers per model
 
 
 PODS = [
     # Guaranteed, cpu: "1", static CPU manager: an exclusive CPU and a quota of one
-    Pod("exclusive-cpu", ("--cpuset-cpus=1", "--cpus=1", "--memory=3g"), {1}, 1.0, 1),
-    # a quota below the set: one CPU's worth of time on two cores
-    Pod("quota-below-set", ("--cpuset-cpus=0-1", "--cpus=1", "--memory=3g"), {0, 1}, 1.0, 1),
+    Pod("exclusive-cpu", "1", {1}, 1),
+    # no exclusive CPUs (or a larger set): one CPU's worth of time on two cores
+    Pod("quota-below-set", "0-1", {0, 1}, 1),
 ]
+POD_MEMORY = "3g"
+
+
+def manifests() -> tuple[dict, dict]:
+    """deployment.yaml's Deployment and configmap.yaml's ConfigMap."""
+    deployment = yaml.safe_load(DEPLOYMENT.read_text())
+    configmap = yaml.safe_load((DEPLOYMENT.parent / "configmap.yaml").read_text())
+    return deployment, configmap
 
 
 @pytest.mark.parametrize("pod", PODS, ids=[pod.name for pod in PODS])
 def test_pod_cpus(pod: Pod, image: str, store: Path, photo: bytes,
-                  containers: list[Container]) -> None:
-    container = start(containers, image, store, pod.name, *pod.run_args)
-    wait_ready(container, pod.workers)
+                  containers: list[Container], tmp_path: Path) -> None:
+    """deployment.yaml's container run as the kubelet runs it (its env, ConfigMap,
+    emptyDirs, read-only root, user and capabilities), sized to this machine."""
+    args = pod_run_args(*manifests(), tmp_path, store, pod.cpus, POD_MEMORY)
+    container = start(containers, image, pod.name, f"--cpuset-cpus={pod.cpuset}", *args)
+    wait_ready(container, pod.cpus)
+    assert container.keys() == {}, "the ConfigMap turns token authorization off"
     inside = container.inside()
     cgroup = inside["cgroup"]
     assert parse_cpulist(cgroup["cpuset"]) == pod.allowed, cgroup
     if cgroup["period"]:  # cgroup v1
-        assert int(cgroup["quota"]) / int(cgroup["period"]) == pod.quota, cgroup
+        assert int(cgroup["quota"]) / int(cgroup["period"]) == pod.cpus, cgroup
     assert int(cgroup["memory"]) == 3 * 2**30, cgroup
-    found = check_workers(container, pod.allowed, pod.workers, usable=int(pod.quota))
+    found = check_workers(container, pod.allowed, pod.cpus, usable=pod.cpus)
     for _ in range(3):
         top = classify(container, photo)
         assert top[0]["label"] in CATS, top
@@ -327,7 +341,8 @@ def test_plain_run_health_and_graceful_stop(image: str, store: Path, photo: byte
                                             containers: list[Container],
                                             tmp_path: Path) -> None:
     # what a user types: -p, -v store:/models, --cpuset-cpus; nothing else
-    container = start(containers, image, store, "plain", "--cpuset-cpus=0-1")
+    container = start(containers, image, "plain", "-v", f"{store}:/models:ro",
+                      "--cpuset-cpus=0-1")
 
     samples = wait_ready(container, workers=2)
     assert samples[0][0] is False and samples[-1][0] is True, samples
@@ -343,7 +358,7 @@ def test_plain_run_health_and_graceful_stop(image: str, store: Path, photo: byte
     grace, pre_stop = pod_stop_settings()
     assert pre_stop[-2] == "--drain"
     drain_s = 4.0  # the manifest's delay is longer; the order of events is what counts
-    key = container.keys()["inference"]["key"]
+    key = container.keys()["inference"]["key"]  # token authorization on: the image's default
     photo_file = tmp_path / "chelsea.jpg"
     photo_file.write_bytes(photo)
     with KeepAliveLoad(container.ports[8080], f"/predictions/{MODEL}", photo, key) as load:

@@ -57,6 +57,59 @@ print(json.dumps({"workers": workers, "cgroup": cgroup, "affinity": affinity}))
 """
 
 
+MANAGEMENT_GET = (
+    "import sys, urllib.request as u\n"
+    "request = u.Request(sys.argv[1])\n"
+    "if sys.argv[2]: request.add_header('Authorization', 'Bearer ' + sys.argv[2])\n"
+    "print(u.urlopen(request, timeout=10).read().decode())\n"
+)
+
+
+def pod_run_args(deployment: dict, configmap: dict, folder: Path, store: Path,
+                 cpus: int, memory: str) -> list[str]:
+    """The Deployment's container as engine run flags, as the kubelet would start it with
+    `cpus` CPUs and `memory` (the manifest's own sizes do not fit a 2-CPU machine): its
+    env (limits.cpu through the downward API), the ConfigMap mounted read-only, the model
+    store at its mount, every emptyDir a tmpfs, and its security context (read-only root,
+    user, no capabilities, no privilege escalation)."""
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    context = container["securityContext"]
+    args = [f"--cpus={cpus}", f"--memory={memory}",
+            "--user", f"{context['runAsUser']}:{context['runAsGroup']}"]
+    if context.get("readOnlyRootFilesystem"):
+        args.append("--read-only")
+    if "ALL" in context.get("capabilities", {}).get("drop", []):
+        args.append("--cap-drop=ALL")
+    if context.get("allowPrivilegeEscalation") is False:
+        args.append("--security-opt=no-new-privileges")
+    for entry in container.get("env", []):
+        if "value" in entry:
+            value = entry["value"]
+        else:
+            field = entry["valueFrom"]["resourceFieldRef"]
+            assert field["resource"] == "limits.cpu" and str(field["divisor"]) == "1", field
+            value = str(cpus)
+        args += ["-e", f"{entry['name']}={value}"]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    for mount in container["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        if "configMap" in volume:
+            assert volume["configMap"]["name"] == configmap["metadata"]["name"]
+            files = folder / mount["name"]
+            files.mkdir(mode=0o755)
+            for name, text in configmap["data"].items():
+                (files / name).write_text(text)
+                (files / name).chmod(0o644)
+            args += ["-v", f"{files}:{mount['mountPath']}:ro"]
+        elif "persistentVolumeClaim" in volume:
+            args += ["-v", f"{store}:{mount['mountPath']}:ro"]
+        else:
+            size = str(volume["emptyDir"]["sizeLimit"]).replace("Gi", "g").replace("Mi", "m")
+            args += ["--tmpfs", f"{mount['mountPath']}:rw,size={size},mode=1777"]
+    return args
+
+
 def script(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True,
                             timeout=timeout, cwd=REPO)
@@ -132,11 +185,10 @@ class Container:
     ports: dict[int, int] = field(default_factory=dict)  # container port -> host port
 
     @classmethod
-    def start(cls, image: str, name: str, store: Path, *run_args: str) -> Container:
+    def start(cls, image: str, name: str, *run_args: str) -> Container:
         engine("rm", "--force", "--ignore", name, check=False)
-        engine("run", "--detach", "--name", name, "-v", f"{store}:/models:ro",
-               "-p", "127.0.0.1::8080", "-p", "127.0.0.1::8081", "-p", "127.0.0.1::8082",
-               *run_args, image)
+        ports = ["-p", "127.0.0.1::8080", "-p", "127.0.0.1::8081", "-p", "127.0.0.1::8082"]
+        engine("run", "--detach", "--name", name, *ports, *run_args, image)
         container = cls(name)
         for port in (8080, 8081, 8082):
             mapped = engine("port", name, str(port)).stdout.strip().splitlines()[0]
@@ -162,8 +214,16 @@ class Container:
         return result.stdout + result.stderr
 
     def keys(self) -> dict:
-        """key_file.json, as the README says to read it."""
-        return json.loads(self.exec("cat", f"{WORKDIR}/key_file.json").stdout)
+        """key_file.json, as the README says to read it; {} without one (token
+        authorization off)."""
+        result = self.exec("cat", f"{WORKDIR}/key_file.json", check=False)
+        return json.loads(result.stdout) if result.returncode == 0 else {}
+
+    def management(self, path: str) -> object:
+        """GET the management API from inside (a pod's config keeps it on loopback)."""
+        key = self.keys().get("management", {}).get("key", "")
+        return json.loads(self.exec("python", "-c", MANAGEMENT_GET,
+                                    f"http://127.0.0.1:8081{path}", key).stdout)
 
     def inside(self) -> dict:
         return json.loads(self.exec("python", "-c", INSIDE_PROBE).stdout)
