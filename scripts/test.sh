@@ -4,6 +4,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/setup.sh
 apt_install shellcheck
+# tests/e2e/test_container.py: a container engine (podman, runc, debootstrap on Debian);
+# without one that test skips, naming why
+bash scripts/container.sh setup || echo "test: no container engine installed (see above)"
 
 # checkov (the manifests' security rules) pins packaging<24 and an old networkx, which
 # would break the main venv: it gets a venv of its own, cached outside the repo.

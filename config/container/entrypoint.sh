@@ -10,7 +10,7 @@
 set -euo pipefail
 
 export TS_CONFIG_FILE="${TS_CONFIG_FILE:-/home/model-server/config.properties}"
-model_store="${TSCPU_MODEL_STORE:-/home/model-server/model-store}"
+model_store="${TSCPU_MODEL_STORE:-/models}"
 
 if [[ $# -gt 0 && $1 != -* ]]; then
     exec "$@"

@@ -98,7 +98,6 @@ CHECKOV_DOCKER_CHECKS = (
     "CKV_DOCKER_2",  # HEALTHCHECK present
     "CKV_DOCKER_3",  # a non-root USER is created
     "CKV_DOCKER_5",  # no lone `apt-get update`
-    "CKV_DOCKER_7",  # base image tag is not latest
     "CKV_DOCKER_8",  # the last USER is not root
     "CKV_DOCKER_9",  # apt-get, not apt
     "CKV_DOCKER_10",  # absolute WORKDIR
@@ -109,10 +108,13 @@ CHECKOV_DOCKER_CHECKS = (
     "CKV2_DOCKER_11",  # no --force-yes
     "CKV2_DOCKER_16",  # no PIP_TRUSTED_HOST
 )
-# Not required: CKV_DOCKER_4 (COPY instead of ADD) and CKV_DOCKER_6 (no MAINTAINER) report
-# nothing when the instruction is absent, as it is here; the Dockerfile tests below check
-# the pins and the user themselves. Base image digest pinning is not a checkov check; the
-# tag is fixed (python:3.11-slim-bookworm) so that security updates of the base arrive.
+# Not required: CKV_DOCKER_7 (base image tag not latest): checkov reads `FROM ${BASE_IMAGE}`
+# as an image without a tag; the argument's default, python:3.11-slim-bookworm, is a fixed
+# tag, asserted by test_dockerfile_base_and_packages. CKV_DOCKER_4 (COPY instead of ADD)
+# and CKV_DOCKER_6 (no MAINTAINER) report nothing when the instruction is absent, as it is
+# here; the Dockerfile tests below check the pins and the user themselves. Base image
+# digest pinning is not a checkov check; the tag is fixed (python:3.11-slim-bookworm) so
+# that security updates of the base arrive.
 
 
 # --- loading -------------------------------------------------------------------------
@@ -251,9 +253,24 @@ def workdir() -> str:
     return [rest for keyword, rest in final_stage() if keyword == "WORKDIR"][-1]
 
 
+def global_args() -> dict[str, str]:
+    """ARGs before the first FROM (the only ones a FROM line may use)."""
+    found: dict[str, str] = {}
+    for keyword, rest in dockerfile_instructions():
+        if keyword == "FROM":
+            break
+        if keyword == "ARG":
+            name, _, default = rest.partition("=")
+            found[name] = default
+    return found
+
+
 def test_dockerfile_base_and_packages() -> None:
+    """One base for both stages, chosen by BASE_IMAGE (default python:3.11-slim-bookworm),
+    so a build machine without that image can name a stand-in (scripts/container.sh)."""
     froms = [rest for keyword, rest in dockerfile_instructions() if keyword == "FROM"]
-    assert froms and all(image.split()[0] == "python:3.11-slim-bookworm" for image in froms)
+    assert global_args() == {"BASE_IMAGE": "python:3.11-slim-bookworm"}  # a fixed tag
+    assert [image.split()[0] for image in froms] == ["${BASE_IMAGE}", "${BASE_IMAGE}"]
     runs = " ".join(rest for keyword, rest in final_stage() if keyword == "RUN")
     assert "apt-get install -y --no-install-recommends" in runs
     for package in ("openjdk-17-jre-headless", "libgoogle-perftools4", "libjemalloc2"):
@@ -266,6 +283,10 @@ def test_dockerfile_pins_torch_and_never_installs_it_unpinned() -> None:
     args = dict(
         rest.split("=", 1) for keyword, rest in instructions if keyword == "ARG" and "=" in rest
     )
+    # pip's own settings come in as build arguments with no value: nothing of one build
+    # machine is written into the Dockerfile
+    bare = {rest for keyword, rest in instructions if keyword == "ARG" and "=" not in rest}
+    assert bare == {"PIP_INDEX_URL", "PIP_FIND_LINKS", "PIP_CERT"}
     assert re.fullmatch(r"torch==\d+\.\d+\.\d+(\+cpu)?", args["TORCH_SPEC"]), args
     assert args["TORCH_SPEC"].startswith("torch==2.13.0")
     assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
@@ -274,7 +295,10 @@ def test_dockerfile_pins_torch_and_never_installs_it_unpinned() -> None:
     assert pip_runs, "no pip install in the Dockerfile"
     torch_run = [run for run in pip_runs if "$TORCH_SPEC" in run]
     assert len(torch_run) == 1, "torch is installed once, from TORCH_SPEC"
-    assert '--index-url "$TORCH_INDEX_URL"' in torch_run[0]
+    # the CPU index by default; an empty TORCH_INDEX_URL leaves it to pip's settings
+    assert '${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}' in torch_run[0]
+    # and the build stops unless the torch installed is a CPU build
+    assert "torch.version.cuda" in torch_run[0]
     # the build refuses a TORCH_SPEC that is not a pin
     assert re.search(r'case "\$TORCH_SPEC" in\s+torch==\[0-9\]\*\)', torch_run[0])
     for run in pip_runs:
@@ -319,7 +343,7 @@ def test_dockerfile_runtime_settings() -> None:
     assert "CMD" not in keywords, "arguments go to serve; no default CMD"
     env = dockerfile_env(stage)
     assert env["TS_CONFIG_FILE"] == "/home/model-server/config.properties"
-    assert env["TSCPU_MODEL_STORE"] == "/home/model-server/model-store"
+    assert env["TSCPU_MODEL_STORE"] == "/models"  # docker run -v STORE:/models
     assert env["PATH"].startswith("/opt/venv/bin:"), "workers run the venv's python"
     assert workdir().startswith("/home/model-server/")
 
@@ -400,7 +424,7 @@ def test_entrypoint_replaces_itself_with_serve(tmp_path: Path) -> None:
     assert lines[0] == f"pid={pid} TS_CONFIG_FILE=/home/model-server/config.properties"
     assert [line[4:] for line in lines[1:]] == [
         "serve", "--ts-config", "/home/model-server/config.properties",
-        "--model-store", "/home/model-server/model-store", "--models", "a.mar", "b.mar",
+        "--model-store", "/models", "--models", "a.mar", "b.mar",
     ]
 
 
@@ -428,33 +452,56 @@ def load_healthcheck(key_file: Path, management_url: str):
     spec.loader.exec_module(module)
     module.KEY_FILE = key_file
     module.MANAGEMENT_URL = management_url
+    module.METRICS_URL = management_url
     return module
 
 
 class FakeTorchServe:
-    """/ping and /token on one loopback port, token checks as TorchServe 0.12 does them."""
+    """/ping, /token, the management API's /models and the metrics API's /metrics on one
+    loopback port, token checks as TorchServe 0.12 does them. Model "tiny" wants two
+    workers (9000, 9001), both connected; `loaded` names those whose model is loaded
+    (TorchServe's WorkerLoadTime series)."""
 
     def __init__(self, key_file: Path | None) -> None:
         self.key_file = key_file
         self.inference_key = "inference-1"
         self.renewals = 0
+        self.loaded = {"9000", "9001"}
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            def reply(self, status: int, body: object = None) -> None:
+                data = b"" if body is None else (
+                    body.encode() if isinstance(body, str) else json.dumps(body).encode())
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
             def do_GET(self) -> None:  # noqa: N802
                 token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                management = fake.key_file is None or token == "m"
                 if self.path.startswith("/token?type=inference") and token == "api-key":
                     fake.renewals += 1
                     fake.inference_key = f"inference-{fake.renewals + 1}"
                     fake.write_keys(expired=False)
-                    self.send_response(200)
+                    self.reply(200)
                 elif self.path == "/ping" and (
                     fake.key_file is None or token == fake.inference_key
                 ):
-                    self.send_response(200)
+                    self.reply(200)
+                elif self.path == "/models?limit=1000" and management:
+                    self.reply(200, {"models": [{"modelName": "tiny"}]})
+                elif self.path == "/models/tiny" and management:
+                    workers = [{"id": i, "status": "READY"} for i in ("9000", "9001")]
+                    self.reply(200, [{"modelVersion": "1.0", "minWorkers": 2,
+                                      "workers": workers}])
+                elif self.path == "/metrics":
+                    self.reply(200, "".join(
+                        f'WorkerLoadTime{{WorkerName="W-{i}-tiny_1.0",Level="Host",}} 9.0\n'
+                        for i in sorted(fake.loaded)))
                 else:
-                    self.send_response(400)
-                self.end_headers()
+                    self.reply(400)
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -504,6 +551,38 @@ def test_healthcheck_renews_an_expired_key(tmp_path: Path, fake_server: FakeTorc
     check = load_healthcheck(fake_server.key_file, fake_server.url)
     assert check.main(["healthcheck", f"{fake_server.url}/ping"]) == 0
     assert fake_server.renewals == 1
+
+
+@pytest.mark.parametrize("tokens", [True, False])
+def test_healthcheck_readiness_waits_for_every_worker(tmp_path: Path, tokens: bool,
+                                                      fake_server: FakeTorchServe) -> None:
+    """/ping answers 200 while workers still load: readiness also needs each model's
+    minWorkers workers with their model loaded."""
+    if tokens:
+        fake_server.write_keys(expired=False)
+    else:
+        fake_server.key_file = None
+    check = load_healthcheck(tmp_path / "key_file.json", fake_server.url)
+    check.DRAIN_FILE = tmp_path / "draining"
+    url = f"{fake_server.url}/ping"
+    fake_server.loaded = {"9000"}
+    assert check.main(["healthcheck", url]) == 0, "liveness: /ping is enough"
+    assert check.main(["healthcheck", "--ready", url]) == 1
+    fake_server.loaded = {"9000", "9001"}
+    assert check.main(["healthcheck", "--ready", url]) == 0
+
+
+def test_healthcheck_readiness_fails_once_draining(tmp_path: Path,
+                                                   fake_server: FakeTorchServe) -> None:
+    fake_server.write_keys(expired=False)
+    check = load_healthcheck(fake_server.key_file, fake_server.url)
+    check.DRAIN_FILE = tmp_path / "draining"
+    url = f"{fake_server.url}/ping"
+    assert check.main(["healthcheck", "--ready", url]) == 0
+    assert check.main(["healthcheck", "--drain", "0.01"]) == 0
+    assert check.DRAIN_FILE.exists()
+    assert check.main(["healthcheck", "--ready", url]) == 1
+    assert check.main(["healthcheck", url]) == 0, "liveness is not affected by the drain"
 
 
 def test_healthcheck_fails_when_nothing_listens(tmp_path: Path) -> None:
@@ -572,18 +651,53 @@ def port_number(container: dict, port: int | str) -> int:
     return named[port]
 
 
+IMAGE_HEALTHCHECK = "/usr/local/lib/torchserve-cpu/healthcheck.py"
+SERVE_STOP_S = 60 + 10  # serve: TorchServe's shutdown, then its leftover workers
+
+
+def healthcheck_command(spec: dict) -> list[str]:
+    command = [str(word) for word in spec["exec"]["command"]]
+    assert command[:2] == ["python", IMAGE_HEALTHCHECK], command
+    return command[2:]
+
+
 @pytest.mark.parametrize("workload", ["Deployment", "InferenceService"])
 def test_probes_on_ping(workload: str) -> None:
+    """Startup and liveness: /ping. Readiness: /ping through the image's health check,
+    which fails as soon as the preStop hook starts draining."""
     container = main_container(workloads()[workload])
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "livenessProbe"):
         spec = container[probe]
         assert spec["httpGet"]["path"] == "/ping", probe
         assert port_number(container, spec["httpGet"]["port"]) == INFERENCE_PORT, probe
+    assert healthcheck_command(container["readinessProbe"]) == ["--ready"]
+    assert any(f"{IMAGE_HEALTHCHECK}" in rest for keyword, rest in final_stage()
+               if keyword == "COPY"), "the probe's script is in the image"
     startup = container["startupProbe"]
     # models are optimized while they load: at least 10 minutes before liveness starts
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
     liveness = container["livenessProbe"]
     assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 60
+
+
+@pytest.mark.parametrize("workload", ["Deployment", "InferenceService"])
+def test_rolling_update_stop(workload: str) -> None:
+    """What makes a rolling update lose nothing: the preStop hook drains (readiness fails,
+    requests still answered) longer than readiness needs to notice, and the grace period
+    holds the drain plus serve's longest stop; maxUnavailable 0 keeps the old pod until
+    the new one is ready."""
+    pod = workloads()[workload]
+    container = main_container(pod)
+    drain = healthcheck_command(container["lifecycle"]["preStop"])
+    assert drain[0] == "--drain"
+    drain_s = float(drain[1])
+    readiness = container["readinessProbe"]
+    noticed_s = readiness["periodSeconds"] * readiness["failureThreshold"]
+    assert noticed_s < drain_s, "readiness must fail while the pod still serves"
+    assert pod["terminationGracePeriodSeconds"] >= drain_s + SERVE_STOP_S
+    if workload == "Deployment":
+        rolling = one("Deployment")["spec"]["strategy"]["rollingUpdate"]
+        assert rolling["maxUnavailable"] == 0 and rolling["maxSurge"] >= 1
 
 
 @pytest.mark.parametrize("workload", ["Deployment", "InferenceService"])
