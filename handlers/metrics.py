@@ -17,7 +17,8 @@ The series (METRICS below is the table `metrics.yaml` must match, unit-tested):
   builds it with the Prometheus client's default buckets (5 ms to 10 s).
 - tscpu_worker_placement (gauge = OpenMP threads), per ModelName, Pid, Cores, Node,
   Allocator (as mapped in /proc/<pid>/maps); set again whenever the worker is re-pinned,
-  and the series of its previous placement is set to 0.
+  and the series of its previous placement is set to 0; when a worker leaves or dies, the
+  other workers of its TorchServe set its last series to 0 (the registry remembers it).
 - tscpu_served_model (gauge = 1), per ModelName, Pipeline, Dtype, Requested: what runs
   after the CPU's fit (handlers.optimize.precision) and the accuracy gate, and what
   handler.dtype asked for.
@@ -101,9 +102,10 @@ class WorkerMetrics:
         # no cache: a handler called outside a worker (scripts, some tests) records nothing
         self._metrics = {} if cache is None else _declare(cache)
 
-    def _emit(self, spec: MetricSpec, value: float, *labels: str) -> None:
+    def _emit(self, spec: MetricSpec, value: float, *labels: str, model: str | None = None
+              ) -> None:
         if self._metrics:
-            self._metrics[spec].add_or_update(value, [self._model, *labels])
+            self._metrics[spec].add_or_update(value, [model or self._model, *labels])
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -127,6 +129,14 @@ class WorkerMetrics:
                 self._emit(PLACEMENT, 0, *self._placement)
             self._placement = labels
             self._emit(PLACEMENT, placement.threads, *labels)
+
+    def departed(self, pid: int, last: WorkerPlacement) -> None:
+        """Another worker of this TorchServe left or died: its last placement series drops
+        to 0 (the frontend keeps a gauge series at its last value, and the worker that
+        owned it can no longer write: TorchServe kills it)."""
+        self._emit(PLACEMENT, 0, str(pid), cores_label(last.cpus),
+                   "-" if last.node is None else str(last.node), label(last.allocator),
+                   model=label(last.model))
 
     def served(self, chosen: Optimized, requested: str = "fp32") -> None:
         """What runs after the CPU's fit and the accuracy gate (`requested`: handler.dtype

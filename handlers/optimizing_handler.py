@@ -99,6 +99,7 @@ class OptimizingHandler(BaseHandler):
         self.metrics.served(self.served.model, self.served.settings.dtype)
         if self.pinned is not None:
             self.pinned.on_placement(self.metrics.placement)
+            self.pinned.on_departure(self.metrics.departed)
 
     def _build(self) -> None:
         """Build and warm the model with the seat's current thread count applied."""

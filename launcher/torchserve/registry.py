@@ -37,6 +37,7 @@ from torchserve_cpu.launcher.planning import Demand, Pool, WorkerKey, assign
 
 REGISTRY_ENV = "TSCPU_REGISTRY_DIR"
 FILE_NAME = "torchserve-cpu-registry.json"
+DEPARTED_KEPT = 32  # departed workers remembered: enough for any scale-down between looks
 #: a worker's start fails after this long, naming the lock, instead of hanging: the lock is
 #: held for milliseconds by a worker joining or leaving
 LOCK_WAIT_S = 10.0
@@ -103,6 +104,7 @@ class Entry:
     shared_with: tuple[int, ...] = ()  # pids of workers on the same cores
     applied_threads: int | None = None  # what the worker last applied; != threads: pending
     home: tuple[int, ...] = ()  # the CPUs it was first seated on
+    allocator: str = ""  # the malloc mapped in it, as its placement metric names it
 
     @property
     def key(self) -> WorkerKey:
@@ -128,6 +130,9 @@ class State:
     next_seq: int = 0
     entries: tuple[Entry, ...] = ()
     notes: tuple[str, ...] = field(default=(), compare=False)
+    #: the last workers that left or died, as they last sat: their instance's other workers
+    #: zero their placement series (a gauge keeps its last value after a worker is gone)
+    departed: tuple[Entry, ...] = ()
 
     def find(self, key: WorkerKey) -> Entry | None:
         return next((e for e in self.entries if e.key == key), None)
@@ -210,18 +215,22 @@ class Registry:
         with self._locked() as change:
             rest = tuple(e for e in change.state.entries if e.key != key)
             if len(rest) != len(change.state.entries):
-                change.state = _reseat(self.machine, change.state, rest, change.state.next_seq)
+                gone = [e for e in change.state.entries if e.key == key]
+                change.state = _with_departed(
+                    _reseat(self.machine, change.state, rest, change.state.next_seq), gone)
 
     def sweep(self) -> bool:
         """Drop workers that have exited; True when that moved anyone's seat."""
         with self._locked() as change:  # opening the change drops the dead
             return change.state.generation != change.stored.generation
 
-    def record_applied(self, key: WorkerKey, threads: int) -> None:
-        """The worker now runs with `threads` intra-op threads (for `doctor`)."""
+    def record_applied(self, key: WorkerKey, threads: int, allocator: str = "") -> None:
+        """The worker now runs with `threads` intra-op threads (for `doctor`) and this
+        allocator mapped (its placement series' label)."""
         with self._locked() as change:
             entries = tuple(
-                replace(e, applied_threads=threads) if e.key == key else e
+                replace(e, applied_threads=threads, allocator=allocator or e.allocator)
+                if e.key == key else e
                 for e in change.state.entries
             )
             change.state = replace(change.state, entries=entries)
@@ -239,7 +248,8 @@ class Registry:
             live = tuple(e for e in stored.entries if self._alive(e.pid, e.started))
             state = stored
             if len(live) != len(stored.entries):
-                state = _reseat(self.machine, stored, live, stored.next_seq)
+                dead = [e for e in stored.entries if e not in live]
+                state = _with_departed(_reseat(self.machine, stored, live, stored.next_seq), dead)
             change = _Change(stored, state)
             yield change
             if change.state != stored:
@@ -253,6 +263,7 @@ class Registry:
             "next_seq": state.next_seq,
             "entries": [asdict(e) for e in state.entries],
             "notes": list(state.notes),
+            "departed": [asdict(e) for e in state.departed],
         }
         fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".registry-")
         with os.fdopen(fd, "w") as handle:
@@ -303,6 +314,7 @@ def _reseat(machine: Topology, before: State, entries: tuple[Entry, ...], next_s
         next_seq=next_seq,
         entries=tuple(seated),
         notes=assignment.notes,
+        departed=before.departed,
     )
 
 
@@ -335,9 +347,14 @@ def read_state(path: Path) -> State:
             next_seq=int(data["next_seq"]),
             entries=tuple(Entry.from_dict(e) for e in data["entries"]),
             notes=tuple(data.get("notes", ())),
+            departed=tuple(Entry.from_dict(e) for e in data.get("departed", ())),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return State()
+
+
+def _with_departed(state: State, gone: list[Entry]) -> State:
+    return replace(state, departed=(*state.departed, *gone)[-DEPARTED_KEPT:])
 
 
 def read_entries(directory: Path | None = None) -> tuple[Entry, ...]:

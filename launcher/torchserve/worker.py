@@ -40,6 +40,7 @@ from torchserve_cpu.launcher.planning import (
     PRELOAD_FIX,
     LauncherOptions,
     Pool,
+    WorkerKey,
     choose_allocator,
     late_env,
     mapped_allocator,
@@ -127,6 +128,8 @@ class PinnedWorker:
         self._threads_applied = 0
         self._memory = "not bound"
         self._listeners: list[Callable[[WorkerPlacement], None]] = []
+        self._departure_listeners: list[Callable[[int, WorkerPlacement], None]] = []
+        self._departed_seen: set[WorkerKey] = set()
         # TorchServe stops a worker by killing its parent (with its launcher on, run_cpu's
         # python): once re-parented, this worker is winding down and must not rejoin
         self._parent = os.getppid()
@@ -158,11 +161,13 @@ class PinnedWorker:
                                            self._entry.pool)
             change = seat_change(self._entry, self._threads_applied, entry, inference_thread)
             self._apply(change, entry)
+            self._announce_departures(state.departed)
         if change.rethread:
             # Our own write changes the stamp too, and is left to look like a change (one
             # more read): a stamp taken after it may already be another worker's write,
             # which would then never be followed (seen: a worker stuck on 1 of 2 cores).
-            self.registry.record_applied(self.key, self._threads_applied)
+            self.registry.record_applied(self.key, self._threads_applied,
+                                         self.placement.allocator)
         note = sharing_note(entry, state.entries)
         if note:
             log.warning("launcher: %s", note)
@@ -196,6 +201,27 @@ class PinnedWorker:
         if self.placement != previous:  # under the lock: listeners hear changes in order
             for listener in self._listeners:
                 listener(self.placement)
+
+    def _announce_departures(self, departed: tuple[Entry, ...]) -> None:
+        """Tell listeners, once each, of workers of this TorchServe that left or died, as
+        they last sat (their metric series outlive them otherwise). Under the lock."""
+        for gone in departed:
+            if gone.frontend != self._entry.frontend or gone.key in self._departed_seen:
+                continue
+            self._departed_seen.add(gone.key)
+            if gone.key == self.key:
+                continue
+            last = WorkerPlacement(model=gone.model, cpus=gone.cpus, node=gone.node,
+                                   threads=0, allocator=gone.allocator or "unknown",
+                                   memory_policy="")
+            for listener in self._departure_listeners:
+                listener(gone.pid, last)
+
+    def on_departure(self, listener: Callable[[int, WorkerPlacement], None]) -> None:
+        """Call `listener(pid, last placement)` for every worker of this TorchServe that
+        leaves or dies from now on (workers that left earlier were someone else's to tell)."""
+        with self._lock:
+            self._departure_listeners.append(listener)
 
     def _bind(self, node: int | None) -> str:
         if not self.options.bind_memory:

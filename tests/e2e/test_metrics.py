@@ -1,7 +1,8 @@
 """The worker metrics on a live TorchServe's /metrics (prometheus mode), started as `serve`
 starts it (derived config: the package's metrics_config). One current placement series per
 worker, equal to /proc/<pid>/status Cpus_allowed_list, also after a second worker makes the
-first re-pin; the series the first one left drops to 0."""
+first re-pin; the series the first one left drops to 0, and after a scale back to one
+worker, the series of the worker TorchServe stopped drops to 0 as well."""
 
 from __future__ import annotations
 
@@ -71,3 +72,15 @@ def test_placement_series_follow_the_workers_cores(server: TorchServe) -> None:
     left = [s for s in named(scrape(server.metrics_url), "tscpu_worker_placement")
             if s.labels["Pid"] == str(first) and placement_cpus(s) == first_cpus]
     assert cpus[first] != first_cpus and [s.value for s in left] == [0]
+
+    http_json(f"{server.management_url}/models/tiny?min_worker=1&max_worker=1&synchronous=true",
+              "PUT", timeout=300)
+    [kept] = wait_for(lambda: seated(server, 1), timeout=60)
+    [gone] = set(cpus) - {kept}
+
+    def zeroed() -> list[float] | None:
+        values = [s.value for s in named(scrape(server.metrics_url), "tscpu_worker_placement")
+                  if s.labels["Pid"] == str(gone)]
+        return values if values and not any(values) else None
+
+    assert wait_for(zeroed, timeout=30)  # the stopped worker's series: all 0

@@ -4,6 +4,7 @@ from the shipped metrics.yaml), each line read back as TorchServe 0.12's fronten
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,14 @@ def test_a_server_config_without_the_metrics_warns_once_with_the_fix(
                  and r.getMessage().startswith("metrics:")]
     assert all(spec.name in warning for spec in METRICS)
     assert f"metrics_config={METRICS_CONFIG}" in warning
+
+
+def test_a_departed_neighbours_last_series_drops_to_zero(
+        worker_metrics: WorkerMetrics, caplog: pytest.LogCaptureFixture) -> None:
+    """Written by a surviving worker, for another model's worker: its labels, value 0."""
+    gone = replace(placement((1,), threads=1), model="other")
+    worker_metrics.departed(5151, gone)
+    [line] = metric_lines(caplog)
+    assert line.name == "tscpu_worker_placement" and line.value == 0
+    assert labels(line) == {"ModelName": "other", "Pid": "5151", "Cores": "1", "Node": "0",
+                            "Allocator": "tcmalloc"}

@@ -18,6 +18,7 @@ from torchserve_cpu.launcher.host.procfs import start_time
 from torchserve_cpu.launcher.host.topology import Cpu, Topology
 from torchserve_cpu.launcher.planning.balance import Pool
 from torchserve_cpu.launcher.torchserve.registry import (
+    DEPARTED_KEPT,
     REGISTRY_ENV,
     Entry,
     Registry,
@@ -241,3 +242,23 @@ def test_a_sharing_note_names_model_and_instance_and_the_fix_that_helps() -> Non
                                                 "minWorkers / default_workers_per_model, or "
                                                 "give it more CPUs")
     assert sharing_note(replace(me, shared_with=()), (me, same)) is None
+
+
+def test_workers_that_leave_or_die_are_remembered_as_they_last_sat(tmp_path: Path) -> None:
+    dead: set[int] = set()
+    registry = Registry(machine(2), tmp_path, alive=lambda pid, started: pid not in dead)
+    for pid in (10, 11, 12):
+        registry.join(pid, 1, "a", 99, pool(2))
+    registry.record_applied((11, 1), 1, "tcmalloc")
+    last = {e.pid: e for e in registry.read().entries}
+    registry.leave((10, 1))
+    dead.add(11)
+    registry.sweep()
+    departed = registry.read().departed
+    assert [(e.pid, e.cpus, e.allocator) for e in departed] == [
+        (10, last[10].cpus, ""), (11, last[11].cpus, "tcmalloc")]
+    for pid in range(100, 100 + DEPARTED_KEPT):  # bounded: the newest are kept
+        registry.join(pid, 1, "b", 99, pool(2))
+        registry.leave((pid, 1))
+    kept = registry.read().departed
+    assert len(kept) == DEPARTED_KEPT and kept[-1].pid == 100 + DEPARTED_KEPT - 1

@@ -44,8 +44,8 @@ def test_a_write_landing_right_after_ours_is_still_followed(
     assert seat.placement.cpus == (0, 1) and applied == [2]
     real = registry.record_applied
 
-    def and_then_the_neighbour_leaves(key, threads):
-        real(key, threads)
+    def and_then_the_neighbour_leaves(key, threads, *allocator):
+        real(key, threads, *allocator)
         registry.leave((11, 1))
 
     registry.join(11, 1, "b", 99, pool(2))  # this worker shrinks to one core...
@@ -111,3 +111,21 @@ def test_a_seat_moved_while_idle_shows_its_new_cores_and_threads_at_once(
     assert heard == [((0, 1), 2), ((0,), 1)] and applied == [2]
     pinned.refresh()  # the next batch applies them
     assert applied == [2, 1] and heard[-1] == ((0,), 1)
+
+
+def test_workers_of_this_torchserve_that_leave_are_announced_once_as_they_last_sat(
+        tmp_path: Path, applied: list[int]) -> None:
+    """Issue 18: a departed worker's placement series kept its last value; its neighbours
+    now zero it. Another TorchServe's workers are not ours to announce."""
+    registry, seat = seated(tmp_path)
+    heard: list[tuple[int, tuple[int, ...], str]] = []
+    seat.on_departure(lambda pid, last: heard.append((pid, last.cpus, last.model)))
+    registry.join(11, 1, "b", 99, pool(2))
+    registry.join(12, 1, "c", 77, pool(2))  # another TorchServe (frontend 77)
+    seat.refresh()
+    sitting = {e.pid: e.cpus for e in registry.read().entries}
+    registry.leave((11, 1))
+    registry.leave((12, 1))
+    seat.refresh()
+    seat.refresh()  # once only
+    assert heard == [(11, sitting[11], "b")]
