@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.loopback_torchserve import TorchServe, start
+from benchmarks.loopback_torchserve import TorchServe, start, start_with_launcher
 from tests.integration.launcher.launcher_probe import (
     NotYet,
     allowed_list,
@@ -198,3 +198,36 @@ def test_rebalance_reaches_an_idle_worker_quickly(
     assert shrunk and time.monotonic() - registered < 2.0
     (new,) = empty_server.worker_pids("probe2")
     assert allowed_list(old).isdisjoint(allowed_list(new))
+
+
+def test_a_models_workers_spread_before_sharing_after_a_scale_cycle_under_serve(
+    two_models: Path, tmp_path: Path, registry_dir: Path
+) -> None:
+    """Issue 18: under `torchserve-cpu serve`, probe (2 workers) and probe2 (1 worker) on 2
+    cores; probe scaled 2 -> 1 -> 2: its two workers end on different cores (they had
+    both sat on core 0, probe2 alone on core 1)."""
+    config = write_config(tmp_path, cpu_launcher_enable="true", enable_model_api="true",
+                          load_models="")
+    server, _ = start_with_launcher(config, two_models, run_dir=tmp_path / "run",
+                                    extra_env=env_with_registry(registry_dir))
+    try:
+        wait_for(lambda: _answers(server), timeout=120)
+        for path in ("/models?url=probe.mar&initial_workers=2&synchronous=true",
+                     "/models?url=probe2.mar&initial_workers=1&synchronous=true"):
+            assert manage(server, "POST", path)[0] == 200
+        wait_for(lambda: settled(server, registry_dir, {"probe": 2, "probe2": 1}), timeout=180)
+        for workers in (1, 2):
+            time.sleep(2)  # TorchServe's own scale race (README: troubleshooting)
+            status, answer = manage(
+                server, "PUT", f"/models/probe?min_worker={workers}&max_worker={workers}"
+                               "&synchronous=true")
+            assert status == 200 or _torchserve_status_race(status, answer), answer
+            wait_for(lambda w=workers: settled(server, registry_dir, {"probe": w, "probe2": 1}),
+                     timeout=180)
+        probe = server.worker_pids("probe")
+        [other] = server.worker_pids("probe2")
+        first, second = cores_of(probe)
+        assert first.isdisjoint(second) and first | second == {0, 1}
+        assert allowed_list(other) in (first, second)  # probe2 shares one of them
+    finally:
+        server.stop()
