@@ -9,6 +9,7 @@ import socket
 
 import psutil
 
+from torchserve_cpu.launcher.host import capabilities, this_cpu
 from torchserve_cpu.launcher.host.cpulist import format_cpulist
 from torchserve_cpu.launcher.host.procfs import cpuinfo
 from torchserve_cpu.launcher.host.sysfs import node_cpus
@@ -35,6 +36,9 @@ def machine_facts() -> dict[str, object]:
 
     info = cpuinfo()
     flags = set(info.get("flags", "").split())
+    cpu = this_cpu()
+    found = capabilities(cpu)
+    get_capabilities = getattr(torch.cpu, "get_capabilities", None)
     return {
         "hostname": socket.gethostname(),
         "cpu_model": info.get("model name"),
@@ -44,6 +48,12 @@ def machine_facts() -> dict[str, object]:
         "allowed_cpus": sorted(os.sched_getaffinity(0)),
         "numa_nodes": numa_nodes(),
         "flags": [flag for flag in INTERESTING_FLAGS if flag in flags],
+        "cpu_flags_all": sorted(cpu.flags),
+        # what the handler's precision decision reads (handlers.optimize.precision)
+        "native_bf16": list(found.bf16_flags),
+        "int8_dot_products": list(found.int8_dot_flags),
+        "int8_7bit_activations": found.int8_saturating,
+        "torch_cpu_capabilities": get_capabilities() if get_capabilities else None,
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "kernel": platform.release(),
         "python": platform.python_version(),

@@ -10,14 +10,17 @@ from dataclasses import dataclass, field
 
 from torchserve_cpu.launcher.errors import LauncherError
 from torchserve_cpu.launcher.host import (
+    CpuFacts,
     SysRoot,
     Topology,
     allowed_cpus,
+    capabilities,
     environ,
     format_cpulist,
     numa_pages,
     read_topology,
     status_fields,
+    this_cpu,
 )
 from torchserve_cpu.launcher.planning import (
     ALLOCATORS,
@@ -55,6 +58,7 @@ class Report:
     workers: tuple[WorkerReport, ...]
     problems: tuple[str, ...]  # within one TorchServe instance: exit code 1
     warnings: tuple[str, ...] = ()
+    cpu: str = ""  # the ISA facts the handler's precision decision reads, as one line
 
 
 def inspect(
@@ -113,7 +117,16 @@ def inspect(
         frontends) > 1 else []
     notes += sharing_notes(workers, by_pid)
     notes += allocator_hints(workers, by_pid)
-    return Report(tuple(workers), tuple(found), tuple(notes))
+    return Report(tuple(workers), tuple(found), tuple(notes), describe_cpu(this_cpu()))
+
+
+def describe_cpu(cpu: CpuFacts) -> str:
+    """What the handler's dtype decision reads of this CPU (handlers.optimize.precision)."""
+    found = capabilities(cpu)
+    int8 = (", ".join(found.int8_dot_flags) if found.fast_int8
+            else "7-bit activations (AVX2, no VNNI)" if found.int8_saturating else "none")
+    return (f"{cpu.model or cpu.arch}: native bf16 {', '.join(found.bf16_flags) or 'none'}; "
+            f"int8 dot products {int8}")
 
 
 def allocator_hints(workers: list[WorkerReport], entries: dict[int, Entry]) -> list[str]:
@@ -216,6 +229,8 @@ def render(report: Report) -> str:
         )
     if any(w.pending_threads is not None for w in report.workers):
         lines.append("threads a>b: re-balanced while idle; b applies before its next batch")
+    if report.cpu:
+        lines.append(f"cpu: {report.cpu}")
     lines += [f"note: {w}" for w in report.warnings]
     lines += [f"PROBLEM: {p}" for p in report.problems] or ["no problems found"]
     return "\n".join(lines)

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from torchserve_cpu.launcher.doctor import Report, WorkerReport, problems, render, sharing_notes
+from tests.support.capabilities import saved_facts
+from torchserve_cpu.launcher.doctor import (
+    Report,
+    WorkerReport,
+    describe_cpu,
+    problems,
+    render,
+    sharing_notes,
+)
 from torchserve_cpu.launcher.host.lscpu import read_lscpu
 from torchserve_cpu.launcher.host.procfs import (
     allowed_cpus,
@@ -153,3 +161,15 @@ def test_doctor_shows_whole_model_names() -> None:
     long = replace(report(1, (0,), 1, (0,)), model="tinyconv_compiled_bf16")
     text = render(Report((long,), ()))
     assert "tinyconv_compiled_bf16 " in text and "no problems found" in text
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("zen3", "native bf16 none; int8 dot products 7-bit activations (AVX2, no VNNI)"),
+    ("sapphire_rapids", "native bf16 avx512_bf16, amx_bf16; int8 dot products amx_int8, "
+                        "avx512_vnni, avx_vnni"),
+    ("graviton3", "native bf16 bf16; int8 dot products i8mm, asimddp"),
+])
+def test_doctor_shows_the_isa_facts_the_handler_reads(name: str, expected: str) -> None:
+    line = describe_cpu(saved_facts(name))
+    assert line.endswith(expected)
+    assert f"cpu: {line}" in render(Report((report(1, (0,), 1, (0,)),), (), (), line))
