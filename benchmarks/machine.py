@@ -53,7 +53,7 @@ def machine_facts() -> dict[str, object]:
         "native_bf16": list(found.bf16_flags),
         "int8_dot_products": list(found.int8_dot_flags),
         "int8_7bit_activations": found.int8_saturating,
-        "torch_cpu_capabilities": get_capabilities() if get_capabilities else None,
+        "torch_cpu_capabilities": dict(get_capabilities()) if get_capabilities else None,
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "kernel": platform.release(),
         "python": platform.python_version(),
