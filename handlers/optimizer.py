@@ -98,8 +98,8 @@ def candidate_plans(settings: HandlerSettings) -> list[StepPlan]:
 def thresholds_for(plan: StepPlan, settings: HandlerSettings, classifies: bool) -> GateThresholds:
     thresholds = settings.gate if plan.reduced else FP32_THRESHOLDS
     # top-k agreement only means something for class scores, not embedding dimensions
-    return thresholds if classifies and plan.reduced else replace(thresholds,
-                                                                  min_topk_agreement=0.0)
+    return thresholds if classifies and plan.reduced else replace(
+        thresholds, min_topk_agreement=0.0, min_confident_agreement=0.0, min_top1_in_top5=0.0)
 
 
 def time_stage(stage: Stage, example: ModelInputs, iterations: int = 5) -> float:
@@ -165,15 +165,21 @@ def optimize(
     classifies: bool,
     model_dir: Path | None = None,
     check: CheckInputs | None = None,
+    activation_bits: int | None = None,
 ) -> Optimized:
     """The best candidate for `model` that agrees with its own fp32 eager outputs.
 
     `model` is the eager model or a function loading it, called only when a candidate
-    needs it; `model_dir` is the unpacked archive (where aot packages are)."""
+    needs it; `model_dir` is the unpacked archive (where aot packages are);
+    `activation_bits` the int8 activation range this CPU takes (None: handlers.quantize's
+    default_activation_bits)."""
     eager = Eager(model, example)
     ctx = StepContext(example=example, ipex=ipex, channels_last=settings.channels_last,
                       model_dir=model_dir, compile_options=settings.compile_options,
-                      calibration=check.inputs if check else None)
+                      calibration=check.inputs if check else None,
+                      gate=None if settings.gate == GATE_OFF else thresholds_for(
+                          INT8_PLAN, settings, classifies),
+                      activation_bits=activation_bits)
     rejected: list[str] = []
     accepted: list[tuple[StepPlan, Stage, Agreement]] = []
     tried: list[Tried] = []

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from torchserve_cpu.handlers.ipex_support import IpexStatus
+from torchserve_cpu.handlers.settings import GateThresholds
 from torchserve_cpu.handlers.tasks import ModelInputs
 
 
@@ -76,6 +77,12 @@ class StepContext:
     model_dir: Path | None = None  # the unpacked archive (aot packages live there)
     #: torch.compile keyword arguments from model-config.yaml's `pt2:` section
     compile_options: Mapping[str, object] = field(default_factory=dict)
+    #: the gate a reduced-precision candidate will face (None: off): int8 of a conv net
+    #: checks its q/dq model against it to decide which modules stay fp32
+    gate: GateThresholds | None = None
+    #: int8 activations: 8 bits (VNNI/AMX) or 7 (AVX2 only); None: handlers.quantize's
+    #: default_activation_bits
+    activation_bits: int | None = None
 
 
 class StepError(RuntimeError):
@@ -223,7 +230,8 @@ def step_aot(stage: Stage, ctx: StepContext) -> Stage:
 
 
 def step_int8(stage: Stage, ctx: StepContext) -> Stage:
-    """int8 by model kind (handlers.quantize): static for conv nets, dynamic for Linear."""
+    """int8 by model kind (handlers.quantize): static PT2E for conv nets, dynamic for Linear;
+    both compiled by Inductor."""
     from torchserve_cpu.handlers.quantize import step_int8 as quantize  # only for int8
 
     return quantize(stage, ctx)
@@ -262,7 +270,7 @@ STEPS: dict[str, Step] = {
         step_optimize_for_inference,
         skipped_after={"onednn_graph": "oneDNN Graph fusion is on; they conflict"}),
     "compile": Step(step_compile),
-    # quantizes and compiles: trace + freeze (conv nets) or compile (handlers.quantize)
+    # quantizes and compiles (torch.compile, freezing): handlers.quantize
     "int8": Step(step_int8, copies_module=True),
     "aot": Step(step_aot, copies_module=True, replaces_module=True),
 }
