@@ -2,6 +2,7 @@
 fp32 eager on the photo set, how fast it runs and how long it takes to build.
 
     python -m benchmarks.precision_study [--out benchmarks/results/precision] [--no-avx2]
+                                         [--no-minilm] [--variants NAME ...]
 
 Variants (the model a worker would build, through handlers.pipeline's own steps):
 - fp32-default: the `default` preset (TorchScript trace + freeze, oneDNN Graph): our fp32
@@ -25,7 +26,9 @@ with fp32 eager over all photos and over those where fp32 is confident (top-1 mi
 probability >= 0.1), fp32's top-1 within the variant's top-5, worst and mean cosine of the
 logits, and the gate's verdict (handlers.accuracy.CLASSIFIER_GATE) on the 304 photos and
 on the 76 the worker checks. Speed: 1 thread, batch 8, raw model calls (no server).
-Writes precision.json and precision.md to --out.
+Also MiniLM (real weights): fp32 default vs the `int8` step (torchao dynamic) on the 50
+sample sentences, embedding cosine and seq/s. Writes precision.json and precision.md to
+--out.
 """
 
 from __future__ import annotations
@@ -210,6 +213,81 @@ def measure(variants: Sequence[str], isa: str) -> list[Row]:
     return rows
 
 
+@dataclass(frozen=True)
+class TextRow:
+    variant: str
+    build_s: float
+    seq_per_s: float
+    cosine_min: float
+    cosine_mean: float
+    gate: str  # the embedding gate (cosine >= 0.99, handlers.settings defaults)
+    notes: str = ""
+
+
+def minilm_rows() -> list[TextRow]:
+    """MiniLM (real weights) fp32 default vs int8 (torchao dynamic, the `int8` step) on the 50
+    sample sentences: embedding cosine, and sequences/s at 1 thread, batch 8 (128 tokens)."""
+    import shutil
+    import tempfile
+
+    from torchserve_cpu.handlers.accuracy import compare
+    from torchserve_cpu.handlers.ipex_support import IpexStatus
+    from torchserve_cpu.handlers.optimizer import thresholds_for
+    from torchserve_cpu.handlers.pipeline import (
+        INT8_PLAN,
+        PRESET_STEPS,
+        StepContext,
+        StepPlan,
+        call_stage,
+        run_steps,
+        set_onednn_graph,
+    )
+    from torchserve_cpu.handlers.settings import parse_settings
+    from torchserve_cpu.handlers.tasks import make_task
+    from torchserve_cpu.model_store.architectures.bert import SentenceEmbedder
+    from torchserve_cpu.model_store.build import minilm_weights, tokenizer_files
+    from torchserve_cpu.model_store.photos import sentences
+
+    settings = parse_settings({"task": "text_embedding", "dtype": "int8"})
+    with tempfile.TemporaryDirectory() as work:
+        for file in tokenizer_files():
+            shutil.copy(file, work)
+        task = make_task(settings, Path(work))
+    model = SentenceEmbedder()
+    model.load_state_dict(minilm_weights())
+    model.eval()
+    texts = [task.decode(text.encode(), "text/plain") for text in sentences()]
+    batches = [task.collate(texts[i:i + BATCH]) for i in range(0, len(texts), BATCH)]
+    with torch.no_grad():
+        reference = torch.cat([model(*batch) for batch in batches])
+    ctx = StepContext(example=batches[0], ipex=IpexStatus(None, "not used"), channels_last=None)
+    rows = []
+    for plan in (StepPlan("default", PRESET_STEPS["default"]), INT8_PLAN):
+        print(f"precision_study: minilm {plan.describe()}", file=sys.stderr, flush=True)
+        set_onednn_graph(False)
+        start = time.perf_counter()
+        stage = run_steps(model, plan, ctx)
+        set_onednn_graph(stage.onednn_graph)
+        for _ in range(3):
+            call_stage(stage, batches[0])
+        build_s = time.perf_counter() - start
+        out = torch.cat([call_stage(stage, batch) for batch in batches])
+        agreement = compare(reference, out, thresholds_for(plan, settings, classifies=False))
+        with torch.no_grad():
+            timed = []
+            for _ in range(3):
+                begin = time.perf_counter()
+                for _ in range(4):
+                    call_stage(stage, batches[0])
+                timed.append(4 * BATCH / (time.perf_counter() - begin))
+        rows.append(TextRow(plan.describe(), round(build_s, 1), round(statistics.median(timed), 1),
+                            agreement.cosine, agreement.mean_cosine,
+                            "pass" if agreement.passed else "; ".join(agreement.failures),
+                            "; ".join(stage.notes)))
+    set_onednn_graph(False)
+    return rows
+
+
 def machine() -> dict[str, object]:
     from benchmarks.machine import machine_facts
 
@@ -240,7 +318,8 @@ def pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
-def markdown(rows: Sequence[Row], facts: dict[str, object]) -> str:
+def markdown(rows: Sequence[Row], facts: dict[str, object],
+             text_rows: Sequence[TextRow] = ()) -> str:
     base = {r.isa: r.img_per_s for r in rows if r.variant.removesuffix("-avx2") == "fp32-default"}
     lines = [
         "# Precision study: EfficientNet-Lite0 on the photo set",
@@ -265,7 +344,16 @@ def markdown(rows: Sequence[Row], facts: dict[str, object]) -> str:
                      f"{r.cosine_mean:.4f} | {r.img_per_s:.1f} | {ratio:.2f} | {r.build_s:.1f} "
                      f"| {r.gate_eval} | {r.gate_check} |")
     notes = [f"- {r.variant} ({r.isa}): {r.notes}" for r in rows if r.notes]
-    return "\n".join(lines + ["", "Build notes:", "", *notes, ""])
+    text = ["", "MiniLM (real weights), 50 sentences, embedding cosine vs fp32 eager; 1 thread, "
+            "batch 8, 128 tokens:", "",
+            "| variant | cosine min / mean | seq/s | x | build s | gate (cosine >= 0.99) |",
+            "|---|---:|---:|---:|---:|---|"]
+    for r in text_rows:
+        ratio = r.seq_per_s / text_rows[0].seq_per_s
+        text.append(f"| {r.variant} | {r.cosine_min:.4f} / {r.cosine_mean:.4f} | "
+                    f"{r.seq_per_s:.1f} | {ratio:.2f} | {r.build_s:.1f} | {r.gate} |")
+    notes += [f"- MiniLM {r.variant}: {r.notes}" for r in text_rows if r.notes]
+    return "\n".join(lines + (text if text_rows else []) + ["", "Build notes:", "", *notes, ""])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -273,24 +361,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--variants", nargs="*", default=None)
     parser.add_argument("--no-avx2", action="store_true", help="skip the AVX2-capped child")
+    parser.add_argument("--no-minilm", action="store_true", help="skip MiniLM's int8 check")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         rows = measure(args.variants, "avx2")
         args.child.write_text(json.dumps([asdict(r) for r in rows]))
         return 0
-    native = [v for v in (args.variants or NATIVE) if not v.endswith("-avx2")]
-    capped = [v.removesuffix("-avx2") for v in (args.variants or AVX2) if v.endswith("-avx2")]
+    chosen = NATIVE + AVX2 if args.variants is None else args.variants
+    native = [v for v in chosen if not v.endswith("-avx2")]
+    capped = [v.removesuffix("-avx2") for v in chosen if v.endswith("-avx2")]
     facts = machine()
-    rows = measure(native, "native")
+    rows = measure(native, "native") if native else []
     if capped and not args.no_avx2:
         rows += [Row(**{**asdict(r), "variant": r.variant + "-avx2"})
                  for r in child_rows(capped)]
+    text_rows = [] if args.no_minilm else minilm_rows()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "precision.json").write_text(json.dumps(
-        {"machine": facts, "rows": [asdict(r) for r in rows]}, indent=1, default=str))
-    (args.out / "precision.md").write_text(markdown(rows, facts))
-    print(markdown(rows, facts))
+        {"machine": facts, "rows": [asdict(r) for r in rows],
+         "minilm": [asdict(r) for r in text_rows]}, indent=1, default=str))
+    report = markdown(rows, facts, text_rows)
+    (args.out / "precision.md").write_text(report)
+    print(report)
     return 0
 
 

@@ -288,11 +288,16 @@ def compile_quantized(stage: Stage, ctx: StepContext) -> Stage:
     return stage.then("compile", FrozenCompiled(stage.module, options))
 
 
-def gate_judge(reference: torch.Tensor, ctx: StepContext) -> Judge | None:
-    """The optimizer's gate (ctx.gate) as a judge of q/dq outputs against `reference`."""
+def gate_judge(module: nn.Module, inputs: ModelInputs, ctx: StepContext) -> Judge | None:
+    """The optimizer's gate (ctx.gate) as a judge of q/dq outputs on `inputs` against
+    `module`'s fp32 outputs (None when the gate is off)."""
     if ctx.gate is None:
         return None
     from torchserve_cpu.handlers.accuracy import compare
+
+    with torch.no_grad():
+        reference = torch.cat([module.eval()(*batch).float() for batch in
+                               calibration_batches(inputs, limit=inputs[0].shape[0])])
 
     def judge(output: torch.Tensor, index: torch.Tensor) -> tuple[bool, float, tuple[str, ...]]:
         agreement = compare(reference[index], output, ctx.gate)
@@ -315,12 +320,8 @@ def step_int8(stage: Stage, ctx: StepContext) -> Stage:
         wanted = ctx.channels_last if ctx.channels_last is not None else True
         calibration = ctx.calibration if ctx.calibration is not None else ctx.example
         bits = ctx.activation_bits or default_activation_bits()
-        with torch.no_grad():
-            reference = torch.cat([module.eval()(*batch).float() for batch in
-                                   calibration_batches(calibration,
-                                                       limit=calibration[0].shape[0])])
-        result = quantize_conv_net(module, calibration, bits, gate_judge(reference, ctx),
-                                   wanted)
+        result = quantize_conv_net(module, calibration, bits,
+                                   gate_judge(module, calibration, ctx), wanted)
         if result.fp32_modules:
             log.warning("int8: left in fp32 after the sensitivity check: %s",
                         ", ".join(result.fp32_modules))
