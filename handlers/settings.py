@@ -28,6 +28,12 @@ class GateThresholds:
     max_abs_diff: float = 0.25  # relative to the reference's largest magnitude (at least 1)
     topk: int = 5
     min_topk_agreement: float = 0.6  # mean overlap of the top-k index sets
+    # A trained classifier's figures (handlers.accuracy; off at these defaults). Inputs where
+    # fp32 is confident: its top-1 probability beats its top-2 by >= confident_margin.
+    confident_margin: float = 0.1
+    min_confident_agreement: float = 0.0  # top-1 agreement on the confident inputs
+    min_top1_in_top5: float = 0.0  # share of inputs whose fp32 top-1 is in the candidate's top-5
+    min_mean_cosine: float = -1.0  # mean per-sample cosine (min_cosine: the worst sample)
 
 
 #: `accuracy_gate: off` (YAML false): a reduced-precision model is served unchecked, noted

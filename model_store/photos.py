@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from torchserve_cpu.handlers.optimize import CLASSIFIER_GATE
+
 RGB_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png",
               "motorcycle_right.png", "rocket.jpg", "hubble_deep_field.jpg", "retina.jpg",
               "ihc.png")
@@ -140,11 +142,13 @@ def write_calibration_sentences(dest: Path, count: int = 16) -> Path:
     return dest
 
 
-#: Image archives: top-1 must agree on 99% of the check photos. With 76 photos that refuses a
-#: model agreeing on 95% of the evaluation set (as EfficientNet-Lite0 bf16 does) with
-#: probability 1 - 0.95**76 = 98%; 16 photos let it through 44% of the time (measured: it
-#: passed on 32 photos).
-IMAGE_GATE = {"topk": 1, "min_topk_agreement": 0.99}
+#: Trained image archives: handlers.accuracy's CLASSIFIER_GATE (top-1 agreement where fp32 is
+#: confident, fp32's top-1 in the top-5, mean and worst cosine). The former gate, top-1 on 99%
+#: of every photo, refused EfficientNet-Lite0 bf16, which agrees on every photo fp32 is sure
+#: of: the photos are far from ImageNet (mean fp32 top-1 probability 0.33).
+IMAGE_GATE = {key: getattr(CLASSIFIER_GATE, key) for key in (
+    "min_cosine", "min_mean_cosine", "max_abs_diff", "topk", "min_topk_agreement",
+    "confident_margin", "min_confident_agreement", "min_top1_in_top5")}
 
 
 def archive_inputs(config: dict, staging: Path, trained: bool = True) -> list[Path]:
@@ -152,7 +156,7 @@ def archive_inputs(config: dict, staging: Path, trained: bool = True) -> list[Pa
     `staging`, named in `config`'s handler section as `calibration`, returned as extra files
     for torch-model-archiver (a folder's contents are copied: `inputs/` holds `calibration/`).
     Image models get the 76 calibration-grid photos and, unless the config sets its own, a
-    top-1 gate (IMAGE_GATE); text models 16 sentences. None when the config names its own.
+    classifier gate (IMAGE_GATE); text models 16 sentences. None when the config names its own.
 
     A model with random weights (`trained` False: the speed benchmarks' ResNet-50 and BERT)
     has near-flat logits whose top classes reorder under any rounding, so agreement on real

@@ -108,8 +108,8 @@ def served_dtypes(requested: str, decision: Decision | None) -> tuple[str, ...]:
 def thresholds_for(plan: StepPlan, settings: HandlerSettings, classifies: bool) -> GateThresholds:
     thresholds = settings.gate if plan.reduced else FP32_THRESHOLDS
     # top-k agreement only means something for class scores, not embedding dimensions
-    return thresholds if classifies and plan.reduced else replace(thresholds,
-                                                                  min_topk_agreement=0.0)
+    return thresholds if classifies and plan.reduced else replace(
+        thresholds, min_topk_agreement=0.0, min_confident_agreement=0.0, min_top1_in_top5=0.0)
 
 
 def time_stage(stage: Stage, example: ModelInputs, iterations: int = 5) -> float:
@@ -176,19 +176,24 @@ def optimize(
     model_dir: Path | None = None,
     check: CheckInputs | None = None,
     decision: Decision | None = None,
+    activation_bits: int | None = None,
 ) -> Optimized:
     """The best candidate for `model` that agrees with its own fp32 eager outputs.
 
     `model` is the eager model or a function loading it, called only when a candidate
     needs it; `model_dir` is the unpacked archive (where aot packages are); `decision` what
     this CPU runs of the requested dtype. With `dtype: auto` every precision the CPU runs is
-    built, up to the first fp32 plan that agrees, and the fastest that agrees serves."""
+    built, up to the first fp32 plan that agrees, and the fastest that agrees serves.
+    `activation_bits` overrides the decision's int8 activation width (studies, tests)."""
     eager = Eager(model, example)
     int8 = [c for c in decision.candidates if c.dtype == "int8"] if decision else []
     ctx = StepContext(example=example, ipex=ipex, channels_last=settings.channels_last,
                       model_dir=model_dir, compile_options=settings.compile_options,
                       calibration=check.inputs if check else None,
-                      activation_bits=(int8[0].activation_bits or 8) if int8 else 8)
+                      gate=None if settings.gate == GATE_OFF else thresholds_for(
+                          INT8_PLAN, settings, classifies),
+                      activation_bits=activation_bits if activation_bits is not None
+                      else int8[0].activation_bits if int8 else None)
     timed = settings.optimize == AUTO or settings.dtype == "auto"
     rejected: list[str] = []
     accepted: list[tuple[StepPlan, Stage, Agreement]] = []

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from torchserve_cpu.handlers.optimize.ipex_support import IpexStatus
+from torchserve_cpu.handlers.settings import GateThresholds
 from torchserve_cpu.handlers.tasks import ModelInputs
 
 
@@ -71,9 +72,13 @@ class StepContext:
     model_dir: Path | None = None  # the unpacked archive (aot packages live there)
     #: torch.compile keyword arguments from model-config.yaml's `pt2:` section
     compile_options: Mapping[str, object] = field(default_factory=dict)
+    #: the gate a reduced-precision candidate will face (None: off): int8 of a conv net
+    #: checks its q/dq model against it to decide which modules stay fp32
+    gate: GateThresholds | None = None
     #: int8 activation width this CPU computes exactly (handlers.optimize.precision): 8 with
-    #: VNNI/AMX/arm dot products, 7 on AVX2 alone (its 16-bit sums saturate)
-    activation_bits: int = 8
+    #: VNNI/AMX/arm dot products, 7 on AVX2 alone (its 16-bit sums saturate); None: decided
+    #: from this machine's CPU facts when int8 is built
+    activation_bits: int | None = None
 
 
 class StepError(RuntimeError):

@@ -1,7 +1,12 @@
 import pytest
 import torch
 
-from torchserve_cpu.handlers.optimize.accuracy import FP32_THRESHOLDS, Agreement, compare
+from torchserve_cpu.handlers.optimize.accuracy import (
+    CLASSIFIER_GATE,
+    FP32_THRESHOLDS,
+    Agreement,
+    compare,
+)
 from torchserve_cpu.handlers.settings import GateThresholds
 
 
@@ -172,3 +177,96 @@ def test_tiny_outputs_that_agree_have_cosine_one() -> None:
     assert compare(reference, reference.clone(), gate(min_cosine=0.999)).cosine == \
         pytest.approx(1.0)
     assert compare(reference, -reference, gate()).cosine == pytest.approx(-1.0)
+
+
+# The classifier gate: the three rows of the precision study (EfficientNet-Lite0 on the 304
+# photos, benchmarks/results/precision/), reproduced as logits with the same shape of
+# disagreement: 137 of 304 inputs where fp32 is confident, the rest near-ties, and each
+# candidate at exactly the per-row cosines given.
+CONFIDENT, INPUTS, CLASSES = 137, 304, 1000
+
+
+def reference_logits() -> torch.Tensor:
+    """fp32 logits: a clear winner on the first CONFIDENT rows, two near-tied leaders on
+    the others (fp32's top-1 minus top-2 probability well under 0.1)."""
+    generator = torch.Generator().manual_seed(7)
+    logits = 0.3 * torch.randn(INPUTS, CLASSES, generator=generator)
+    rows = torch.arange(INPUTS)
+    logits[rows, rows % CLASSES] += torch.where(rows < CONFIDENT, 12.0, 3.0)
+    logits[rows, (rows + 1) % CLASSES] += torch.where(rows < CONFIDENT, 0.0, 2.95)
+    return logits
+
+
+def at_cosines(reference: torch.Tensor, cosines: torch.Tensor, seed: int) -> torch.Tensor:
+    """Each row of `reference` turned away from itself to exactly cosines[row]."""
+    noise = torch.randn(reference.shape, generator=torch.Generator().manual_seed(seed))
+    unit = reference / reference.norm(dim=1, keepdim=True)
+    away = noise - (noise * unit).sum(1, keepdim=True) * unit
+    away = away / away.norm(dim=1, keepdim=True)
+    sines = (1 - cosines ** 2).sqrt()[:, None]
+    return reference.norm(dim=1, keepdim=True) * (cosines[:, None] * unit + sines * away)
+
+
+def row_cosines(bulk: float, worst: float, spread: int) -> torch.Tensor:
+    """`bulk` for most rows, `spread` rows from `worst` up to `bulk` (the worst first)."""
+    cosines = torch.full((INPUTS,), bulk)
+    cosines[-spread:] = torch.linspace(worst, bulk, spread)
+    return cosines
+
+
+def test_classifier_figures_count_only_the_confident_inputs() -> None:
+    reference = torch.tensor([[9.0, 0.0, 0.0], [1.0, 0.99, 0.0], [0.0, 8.0, 0.0]])
+    candidate = torch.tensor([[0.0, 9.0, 0.0], [0.0, 1.0, 0.0], [0.0, 8.0, 0.0]])
+    result = compare(reference, candidate, CLASSIFIER_GATE)
+    assert result.confident_inputs == 2 and result.confident_agreement == 0.5
+    assert result.top1_in_top5 == 1.0  # 3 classes: every class is in the top 5
+    assert "top-1 agreement 0.500 on the 2 confident inputs < 0.95" in result.failures
+    assert compare(reference, candidate, gate()).passed  # off at GateThresholds' defaults
+
+
+def test_top1_in_top5_and_mean_cosine() -> None:
+    reference = torch.arange(8.0).repeat(4, 1)  # top-1: class 7
+    candidate = reference.clone()
+    candidate[0, 7] = -1.0  # class 7 falls out of row 0's top 5
+    result = compare(reference, candidate, GateThresholds(
+        min_cosine=ANY_COSINE, max_abs_diff=ANY_DIFF, topk=1, min_topk_agreement=NO_TOPK,
+        min_mean_cosine=0.99, min_top1_in_top5=0.8))
+    assert result.top1_in_top5 == 0.75
+    assert result.mean_cosine == pytest.approx(float(torch.nn.functional.cosine_similarity(
+        reference, candidate, dim=1).mean()))
+    assert result.failures[0].startswith("mean cosine ")
+    assert result.failures[-1] == "fp32 top-1 in top-5 0.750 < 0.8"
+
+
+@pytest.mark.parametrize(("row", "cosines", "passes"), [
+    # bf16 autocast: cosine 0.985 worst, 0.998 mean on a Zen 3
+    ("bf16", row_cosines(0.9988, 0.985, 8), True),
+    # PT2E int8, q/dq reference: 0.89 worst, 0.975 mean
+    ("int8 reference", row_cosines(0.977, 0.89, 12), True),
+    # the same lowered on AVX2 kernels with 8-bit activations (saturated): 0.60 / 0.943
+    ("int8 saturated", row_cosines(0.95, 0.60, 12), False),
+])
+def test_the_classifier_gate_on_the_three_rows(row: str, cosines: torch.Tensor,
+                                               passes: bool) -> None:
+    reference = reference_logits()
+    result = compare(reference, at_cosines(reference, cosines, seed=len(row)), CLASSIFIER_GATE)
+    assert result.confident_inputs == CONFIDENT
+    assert result.cosine == pytest.approx(float(cosines.min()), abs=1e-4)
+    assert result.mean_cosine == pytest.approx(float(cosines.mean()), abs=1e-4)
+    assert result.passed == passes, (row, result)
+    if not passes:  # the cosines refuse it, worst and mean
+        assert result.failures[:2] == ("cosine 0.600000 < 0.8",
+                                       f"mean cosine {result.mean_cosine:.6f} < 0.96")
+
+
+def test_all_agreement_over_every_input_is_not_required() -> None:
+    """bf16's top-1 differs from fp32 on near-ties (the Zen 3 saw 96.1% over all photos):
+    the gate does not count them."""
+    reference = reference_logits()
+    candidate = reference.clone()
+    near_ties = torch.arange(CONFIDENT, INPUTS)[:12]  # 4% of the inputs swap their leaders
+    first, second = reference[near_ties].topk(2, dim=1).indices.T
+    candidate[near_ties, first] = reference[near_ties, second]
+    candidate[near_ties, second] = reference[near_ties, first]
+    assert (candidate.argmax(1) != reference.argmax(1)).sum() == 12
+    assert compare(reference, candidate, CLASSIFIER_GATE).passed

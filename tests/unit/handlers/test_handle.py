@@ -127,6 +127,9 @@ class FakeSeat:
     def on_placement(self, listener) -> None:  # the metrics hook; no placement here
         pass
 
+    def on_departure(self, listener) -> None:  # the metrics hook; no neighbours here
+        pass
+
 
 @pytest.mark.parametrize(("optimize", "rebuilds"), [("default", True), ("eager", False)])
 def test_a_thread_count_change_rebuilds_a_model_bound_to_it(

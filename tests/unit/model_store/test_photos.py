@@ -6,9 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytest.importorskip("skimage", reason="scikit-image ships the photos ([demo] extra)")
 
+from torchserve_cpu.handlers.model_config import parse_settings  # noqa: E402
+from torchserve_cpu.handlers.optimize.accuracy import CLASSIFIER_GATE
 from torchserve_cpu.model_store.photos import (  # noqa: E402
     CALIB_GRID,
     EVAL_GRID,
@@ -18,13 +21,16 @@ from torchserve_cpu.model_store.photos import (  # noqa: E402
 )
 
 
-def test_image_archives_get_76_photos_and_a_top1_gate(tmp_path: Path) -> None:
+def test_image_archives_get_76_photos_and_the_classifier_gate(tmp_path: Path) -> None:
     config = {"handler": {"task": "image_classification", "dtype": "int8"}}
     [folder] = archive_inputs(config, tmp_path)
     photos = sorted((folder / "calibration").iterdir())
     assert len(photos) == 76 and photos[0].name == "000.jpg"
     assert config["handler"]["calibration"] == "calibration"
     assert config["handler"]["accuracy_gate"] == IMAGE_GATE
+    # what the worker reads back from the archive's model-config.yaml is CLASSIFIER_GATE
+    written = yaml.safe_load(yaml.safe_dump(config))
+    assert parse_settings(written["handler"]).gate == CLASSIFIER_GATE
 
 
 def test_random_weight_models_get_no_top1_gate_and_bf16_no_inputs(tmp_path: Path) -> None:
