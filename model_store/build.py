@@ -218,3 +218,7 @@ def build_archives(models: Sequence[str], out_dir: Path, aot: bool = False,
     overrides = {**({"optimize": "aot"} if aot else {}), **({"dtype": dtype} if dtype else {})}
     return [build_archive(name, out_dir, handler_overrides=overrides or None) for name in models]
 
+
+if __name__ == "__main__":  # the entry point moved: say where, rather than do nothing
+    raise SystemExit("build archives with `torchserve-cpu build-archives` "
+                     "(or python -m torchserve_cpu.launcher build-archives)")

