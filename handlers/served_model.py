@@ -9,6 +9,7 @@ compares the very same model and the baseline differs only by the options it pas
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 from torchserve_cpu.handlers.loading import load_model
 from torchserve_cpu.handlers.model_config import settings_from_sections
 from torchserve_cpu.handlers.optimize import (
+    ExampleInputError,
     IpexStatus,
     Optimized,
     check_inputs,
@@ -25,8 +27,9 @@ from torchserve_cpu.handlers.optimize import (
     probe_ipex,
 )
 from torchserve_cpu.handlers.settings import HandlerSettings
-from torchserve_cpu.handlers.tasks import ModelInputs, Task, make_task
+from torchserve_cpu.handlers.tasks import ModelInputs, Task, describe_example, make_task
 
+log = logging.getLogger(__name__)
 #: The eager baseline never imports IPEX: importing it changes TorchScript in the process.
 NOT_PROBED = IpexStatus(None, "not probed (eager model as loaded)")
 
@@ -40,6 +43,7 @@ class ServedModel:
     model: Optimized
     ipex: IpexStatus
     example: ModelInputs  # the inputs the model was built and checked on
+    warnings: tuple[str, ...] = ()  # what the task found wrong with the archive (labels)
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         return self.model(*inputs)
@@ -69,6 +73,15 @@ def build_served_model(
     if ipex is None:
         ipex = probe_ipex() if optimized else NOT_PROBED
     check = check_inputs(settings, task, model_dir, example) if optimized else None
-    model = optimize(lambda: load_model(model_dir, dict(manifest)), example, settings, ipex,
-                     task.classifies, model_dir, check=check)
-    return ServedModel(settings, task, model, ipex, example)
+    try:
+        model = optimize(lambda: load_model(model_dir, dict(manifest)), example, settings,
+                         ipex, task.classifies, model_dir, check=check)
+    except ExampleInputError as error:
+        raise ExampleInputError(f"{error}; {describe_example(settings, example)}") from None
+    warnings: list[str] = []
+    if task.classifies:  # one call: the classes the model really has
+        with torch.no_grad():
+            warnings = task.output_problems(model(*example))
+    for warning in warnings:
+        log.warning("%s", warning)
+    return ServedModel(settings, task, model, ipex, example, tuple(warnings))

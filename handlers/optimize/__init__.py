@@ -5,7 +5,9 @@ from torchserve_cpu.handlers.optimize.accuracy import compare
 from torchserve_cpu.handlers.optimize.archive_inputs import check_inputs
 from torchserve_cpu.handlers.optimize.ipex_support import IpexStatus, probe_ipex
 from torchserve_cpu.handlers.optimize.optimizer import (
+    ExampleInputError,
     Optimized,
+    error_summary,
     optimize,
     plan_dtype,
     thresholds_for,
@@ -13,6 +15,6 @@ from torchserve_cpu.handlers.optimize.optimizer import (
 from torchserve_cpu.handlers.optimize.pipeline import PRESET_NAMES, STEPS, StepPlan
 from torchserve_cpu.handlers.optimize.steps import has_convolutions, prepare_inputs
 
-__all__ = ["PRESET_NAMES", "STEPS", "IpexStatus", "Optimized", "StepPlan", "check_inputs",
-           "compare", "has_convolutions", "optimize", "plan_dtype", "prepare_inputs",
-           "probe_ipex", "thresholds_for"]
+__all__ = ["PRESET_NAMES", "STEPS", "ExampleInputError", "IpexStatus", "Optimized",
+           "StepPlan", "check_inputs", "compare", "error_summary", "has_convolutions",
+           "optimize", "plan_dtype", "prepare_inputs", "probe_ipex", "thresholds_for"]
