@@ -127,9 +127,12 @@ def load_eager(folder: Path, manifest: Mapping[str, object],
         try:
             state = load_state_dict(folder / str(serialized))
         except pickle.UnpicklingError as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            # torch's message opens with advice to turn weights_only off; the reason is inside
+            lines = [line for line in str(error).splitlines() if line.strip()]
+            reason = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line),
+                          lines[-1] if lines else "")
             return None, [f"{serialized}: torch.load(weights_only=True) refuses it (a pickle "
-                          f"that would run code, or objects other than tensors): {first}; "
+                          f"that would run code, or objects other than tensors): {reason}; "
                           "save the model's state_dict()"]
         except Exception as error:  # noqa: BLE001 - a damaged file, not a state dict, ...
             return None, [f"{serialized}: {error_summary(error)}"]
@@ -148,7 +151,7 @@ def check_task(folder: Path, settings: HandlerSettings, model: torch.nn.Module,
     except (ValueError, ImportError) as error:
         return [str(error)]
     example = task.example_inputs(settings.example_batch_size)
-    summary["example_input"] = [list(x.shape) for x in example]
+    summary["example_input"] = " + ".join(shape_text(x) for x in example)
     try:
         with torch.no_grad():
             output = model(*example)
@@ -157,8 +160,12 @@ def check_task(folder: Path, settings: HandlerSettings, model: torch.nn.Module,
                 f"{describe_example(settings, example)}"]
     if not isinstance(output, torch.Tensor):
         return [f"the model returns {type(output).__name__}, not a tensor"]
-    summary["example_output"] = list(output.shape)
+    summary["example_output"] = shape_text(output)
     return task.output_problems(output)
+
+
+def shape_text(tensor: torch.Tensor) -> str:
+    return "x".join(map(str, tensor.shape)) + f" {str(tensor.dtype).removeprefix('torch.')}"
 
 
 def check_folder(folder: Path, config_file: Path | None = None,
@@ -202,7 +209,11 @@ def render(report: CheckReport, name: str) -> str:
     """The report for people: what a worker would serve, then every problem."""
     lines = [f"{name}:"]
     for key, value in report.summary.items():
-        if value not in (None, [], {}):
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = "; ".join(map(str, value))
+        if value not in (None, ""):
             lines.append(f"  {key}: {value}")
     if report.problems:
         lines.append(f"{len(report.problems)} problem(s):")

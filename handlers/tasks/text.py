@@ -102,8 +102,8 @@ class TextTask:
         if self.embeds:
             return [{"embedding": row.tolist()} for row in output.float()]
         answers: list[object] = []
-        for row in output.float():
-            probabilities = torch.softmax(row, 0).tolist()
+        logits = output.float()
+        for row, probabilities in zip(logits, torch.softmax(logits, dim=1).tolist()):
             if self.settings.response == "stock":
                 answers.append(stock_answer(probabilities, list(range(len(probabilities))),
                                             self.labels))
