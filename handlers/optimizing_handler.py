@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -224,6 +225,7 @@ class OptimizingHandler(BaseHandler):
 #: weights, a model that does not run on the task's example): no retry can succeed
 CONFIGURATION_ERRORS = (ValueError, pickle.UnpicklingError, FileNotFoundError)
 CONFIGURATION_MARKER = ".tscpu-configuration-error"
+LOG_DRAIN_S = 2.0  # how long a worker that logged its mistake waits before it exits
 
 
 def stop_for_configuration(model_dir: Path, model_name: str, error: Exception) -> None:
@@ -248,6 +250,15 @@ def stop_for_configuration(model_dir: Path, model_name: str, error: Exception) -
             marker.write_text(message)
         except OSError:
             pass  # a read-only model dir: logged on every retry, still without a trace
+        # The frontend stops reading a worker's output once the worker's socket closes
+        # (WorkerLifeCycle terminates its reader threads): a line it has not read yet is
+        # lost (seen on a loaded 2-core machine: one of four bad archives never showed its
+        # line, with the buffers flushed). Flush, then give the reader time.
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        time.sleep(LOG_DRAIN_S)
     raise SystemExit(1)
 
 

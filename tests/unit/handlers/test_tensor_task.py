@@ -200,6 +200,7 @@ def test_a_configuration_error_stops_the_worker_with_one_line_once(
         caplog: pytest.LogCaptureFixture) -> None:
     """TorchServe restarts the worker forever: one line, logged once, no traceback."""
     monkeypatch.setattr(optimizing_handler, "pin_current_worker", lambda model_name: None)
+    monkeypatch.setattr(optimizing_handler, "LOG_DRAIN_S", 0.0)
     config = {"handler": {"task": "tensor", "input_shap": [8]}}
     with caplog.at_level(logging.INFO):
         for _ in range(3):  # three retries of the same worker
