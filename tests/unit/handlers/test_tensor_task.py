@@ -150,10 +150,13 @@ def eager(model_dir: Path, rows: list[list[float]]) -> torch.Tensor:
         return load_model(model_dir, dict(MANIFEST))(torch.tensor(rows))
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8"])
 def test_the_optimizer_and_gate_build_a_tensor_model(model_dir: Path, dtype: str) -> None:
+    if dtype == "int8":
+        pytest.importorskip("torchao", reason="int8 without convolutions: the [int8] extra")
     served = build_served_model(model_dir, MANIFEST, {**SECTION, "dtype": dtype})
-    assert "trace" in served.model.plan.steps and served.model.dtype == dtype
+    step = "int8" if dtype == "int8" else "trace"
+    assert step in served.model.plan.steps and served.model.dtype == dtype
     assert served.model.agreement.passed and served.example[0].shape == (1, 8)
     rows = [ROW, [0.0] * 8, [1.0] * 8]
     atol = 1e-4 if dtype == "fp32" else 0.1
