@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from benchmarks.measure import measure
-from benchmarks.peak import Peak, measure_peak
+from benchmarks.peak import PEAK_DTYPES, Peak, measure_peak
 from benchmarks.plan import Load, ModelCase, cores, load_for
 from benchmarks.report import plot, summary_markdown
 from benchmarks.results import Row, write_csv
@@ -172,14 +172,18 @@ def run_one(
 def peak_lines(peak: Peak | None, threads: int) -> list[str]:
     if peak is None:
         return ["Peak not measured (--no-references)."]
-    lines = [f"Peak multiply-add rate on {threads} threads (GFLOP/s):", "",
-             "| probe | fp32 | bf16 |", "|---|---:|---:|"]
+    dtypes = [d for d in PEAK_DTYPES if any(d in v for v in peak.gflops.values())]
+    lines = [f"Peak multiply-add rate on {threads} threads (GFLOP/s; int8: GOP/s):", "",
+             f"| probe | {' | '.join(dtypes)} |", f"|---|{'---:|' * len(dtypes)}"]
     for probe, values in peak.gflops.items():
-        lines.append(f"| {probe} | {values.get('fp32', float('nan')):.0f} "
-                     f"| {values.get('bf16', float('nan')):.0f} |")
-    for dtype in ("fp32", "bf16"):
+        cells = " | ".join(f"{values[d]:.0f}" if d in values else "" for d in dtypes)
+        lines.append(f"| {probe} | {cells} |")
+    if peak.skipped:
+        lines += ["", "Native kernels not run: " + "; ".join(
+            f"{name}: {why}" for name, why in peak.skipped.items()) + "."]
+    for dtype in dtypes:
         value, probe = peak.best(dtype)
-        lines.append(f"\nUsed as the {dtype} limit: {value:.0f} GFLOP/s ({probe}).")
+        lines.append(f"\nUsed as the {dtype} limit: {value:.0f} G(FL)OP/s ({probe}).")
     return lines
 
 

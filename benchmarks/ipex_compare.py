@@ -31,12 +31,12 @@ from pathlib import Path
 import torch
 
 from benchmarks.reference import raw_items_per_s
-from torchserve_cpu.handlers.loading import load_state_dict
+from torchserve_cpu.handlers.loading import load_state_dict, model_class_from_file
 from torchserve_cpu.handlers.model_config import parse_settings
 from torchserve_cpu.handlers.optimize.ipex_support import IpexStatus, probe_ipex
 from torchserve_cpu.handlers.optimize.optimizer import Optimized, optimize
 from torchserve_cpu.handlers.tasks import make_task
-from torchserve_cpu.model_store.build import MODELS, STORE_DIR, model_class_for, weights_path
+from torchserve_cpu.model_store.build import MODELS, STORE_DIR, weights_path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 IMAGE = STORE_DIR / "samples" / "shapes.jpg"
@@ -57,7 +57,7 @@ class Row:
 
 
 def resnet50() -> torch.nn.Module:
-    model = model_class_for("resnet50")()
+    model = model_class_from_file(MODELS["resnet50"].source_dir / "model.py")()
     model.load_state_dict(load_state_dict(weights_path(MODELS["resnet50"])))
     return model.eval()
 

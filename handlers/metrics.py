@@ -18,8 +18,9 @@ The series (METRICS below is the table `metrics.yaml` must match, unit-tested):
 - tscpu_worker_placement (gauge = OpenMP threads), per ModelName, Pid, Cores, Node,
   Allocator (as mapped in /proc/<pid>/maps); set again whenever the worker is re-pinned,
   and the series of its previous placement is set to 0.
-- tscpu_served_model (gauge = 1), per ModelName, Pipeline, Dtype: what runs after the
-  accuracy gate.
+- tscpu_served_model (gauge = 1), per ModelName, Pipeline, Dtype, Requested: what runs
+  after the CPU's fit (handlers.optimize.precision) and the accuracy gate, and what
+  handler.dtype asked for.
 - tscpu_accuracy_gate_total (counter), per ModelName, Pipeline, Dtype, Outcome (accepted,
   refused, failed): one count per candidate each worker built at start.
 """
@@ -45,7 +46,7 @@ from torchserve_cpu.launcher.torchserve import WorkerPlacement
 
 log = logging.getLogger(__name__)
 
-STAGES = ("preprocess", "inference", "postprocess")
+STAGES = (PREPROCESS, INFERENCE, POSTPROCESS) = ("preprocess", "inference", "postprocess")
 
 
 class MetricSpec(NamedTuple):
@@ -63,7 +64,7 @@ STAGE_LATENCY = MetricSpec("tscpu_stage_latency_seconds", MetricTypes.HISTOGRAM,
 PLACEMENT = MetricSpec("tscpu_worker_placement", MetricTypes.GAUGE, "threads",
                        ("ModelName", "Pid", "Cores", "Node", "Allocator"))
 SERVED = MetricSpec("tscpu_served_model", MetricTypes.GAUGE, "workers",
-                    ("ModelName", "Pipeline", "Dtype"))
+                    ("ModelName", "Pipeline", "Dtype", "Requested"))
 GATE = MetricSpec("tscpu_accuracy_gate_total", MetricTypes.COUNTER, "count",
                   ("ModelName", "Pipeline", "Dtype", "Outcome"))
 METRICS = (STAGE_TIME, STAGE_LATENCY, PLACEMENT, SERVED, GATE)
@@ -127,9 +128,11 @@ class WorkerMetrics:
             self._placement = labels
             self._emit(PLACEMENT, placement.threads, *labels)
 
-    def served(self, chosen: Optimized) -> None:
-        """What runs after the accuracy gate, and the gate's verdict on every candidate."""
-        self._emit(SERVED, 1, pipeline_label(chosen.plan), chosen.dtype)
+    def served(self, chosen: Optimized, requested: str = "fp32") -> None:
+        """What runs after the CPU's fit and the accuracy gate (`requested`: handler.dtype
+        as configured, so `Dtype="fp32",Requested="bf16"` shows a refusal), and the gate's
+        verdict on every candidate."""
+        self._emit(SERVED, 1, pipeline_label(chosen.plan), chosen.dtype, label(requested))
         for tried in chosen.tried:
             self._emit(GATE, 1, pipeline_label(tried.plan), plan_dtype(tried.plan),
                        tried.outcome)

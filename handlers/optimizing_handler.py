@@ -36,13 +36,20 @@ from torchserve_cpu.handlers.envelopes import (
     request_headers,
 )
 from torchserve_cpu.handlers.errors import BadInput
-from torchserve_cpu.handlers.metrics import WorkerMetrics, worker_metrics
+from torchserve_cpu.handlers.metrics import (
+    INFERENCE,
+    POSTPROCESS,
+    PREPROCESS,
+    WorkerMetrics,
+    worker_metrics,
+)
 from torchserve_cpu.handlers.open_inference import OpenInferenceResponse
+from torchserve_cpu.handlers.optimize import Decision
 from torchserve_cpu.handlers.profiling import op_ranges, stage_range
 from torchserve_cpu.handlers.served_model import ServedModel, build_served_model
 from torchserve_cpu.handlers.served_record import ServedRecord, record_line
 from torchserve_cpu.handlers.tasks import ModelInputs
-from torchserve_cpu.launcher.host import format_cpulist
+from torchserve_cpu.launcher.host import CpuFacts, capabilities, format_cpulist
 from torchserve_cpu.launcher.torchserve import PinnedWorker, pin_current_worker
 
 log = logging.getLogger(__name__)
@@ -84,7 +91,7 @@ class OptimizingHandler(BaseHandler):
         self.initialized = True
         self._report_ready(ready_record(self.model_name, self.served,
                                         time.perf_counter() - started, self.pinned))
-        self.metrics.served(self.served.model)
+        self.metrics.served(self.served.model, self.served.settings.dtype)
         if self.pinned is not None:
             self.pinned.on_placement(self.metrics.placement)
 
@@ -147,7 +154,7 @@ class OptimizingHandler(BaseHandler):
     def preprocess(self, data: list | None) -> DecodedBatch:
         """Decode every item on its own, reading the headers of the request it came from."""
         with stage_range(f"{self.model_name}.preprocess", self.served.settings.itt_ranges), \
-                self.metrics.stage("preprocess"):
+                self.metrics.stage(PREPROCESS):
             return self._decode(data)
 
     def _decode(self, data: list | None) -> DecodedBatch:
@@ -180,7 +187,7 @@ class OptimizingHandler(BaseHandler):
             return batch
         settings = self.served.settings
         with stage_range(f"{self.model_name}.inference", settings.itt_ranges), \
-                op_ranges(settings.emit_itt), self.metrics.stage("inference"):
+                op_ranges(settings.emit_itt), self.metrics.stage(INFERENCE):
             return replace(batch, outputs=self.served(*batch.inputs))
 
     def postprocess(self, batch: DecodedBatch) -> list[object]:  # type: ignore[override]
@@ -196,7 +203,7 @@ class OptimizingHandler(BaseHandler):
         answers: list[object] = [None] * batch.count
         if batch.outputs is not None:
             with stage_range(f"{self.model_name}.postprocess", self.served.settings.itt_ranges), \
-                    self.metrics.stage("postprocess"):
+                    self.metrics.stage(POSTPROCESS):
                 for index, answer in zip(batch.indices,
                                          self.served.task.answer(batch.outputs, batch.samples)):
                     answers[index] = self._completed(answer)
@@ -280,4 +287,22 @@ def ready_record(model_name: str, served: ServedModel, load_s: float,
         placement=asdict(pinned.placement) if pinned else None,
         notes=chosen.stage.notes,
         rejected=chosen.rejected,
+        requested_dtype=served.settings.dtype,
+        precision=precision_note(served.precision, chosen.dtype),
+        cpu=cpu_summary(served.cpu),
     )
+
+
+def precision_note(decision: Decision, served: str) -> str:
+    """Why the dtype served is what it is: the CPU's answer, then the gate's if it differs."""
+    reasons = [f"{c.dtype}: {c.reason}" for c in decision.candidates]
+    if served not in [c.dtype for c in decision.candidates]:
+        reasons.append(f"{served}: the reduced precision did not pass the accuracy gate")
+    return "; ".join(reasons)
+
+
+def cpu_summary(cpu: CpuFacts) -> dict[str, object]:
+    """The CPU facts the precision decision read (the ready record shows them)."""
+    found = capabilities(cpu)
+    return {"model": cpu.model, "arch": cpu.arch, "bf16": list(found.bf16_flags),
+            "int8_dot": list(found.int8_dot_flags), "int8_7bit": found.int8_saturating}

@@ -19,17 +19,21 @@ import torch
 from torchserve_cpu.handlers.loading import load_model
 from torchserve_cpu.handlers.model_config import settings_from_sections
 from torchserve_cpu.handlers.optimize import (
+    Decision,
     ExampleInputError,
     IpexStatus,
     Optimized,
     check_inputs,
+    decide,
     optimize,
     probe_ipex,
 )
 from torchserve_cpu.handlers.settings import HandlerSettings
 from torchserve_cpu.handlers.tasks import ModelInputs, Task, describe_example, make_task
+from torchserve_cpu.launcher.host import CpuFacts, this_cpu
 
 log = logging.getLogger(__name__)
+
 #: The eager baseline never imports IPEX: importing it changes TorchScript in the process.
 NOT_PROBED = IpexStatus(None, "not probed (eager model as loaded)")
 
@@ -43,6 +47,8 @@ class ServedModel:
     model: Optimized
     ipex: IpexStatus
     example: ModelInputs  # the inputs the model was built and checked on
+    precision: Decision  # what this CPU runs of the requested dtype, and why
+    cpu: CpuFacts  # the facts that decision read
     warnings: tuple[str, ...] = ()  # what the task found wrong with the archive (labels)
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
@@ -57,6 +63,7 @@ def build_served_model(
     optimized: bool = True,
     ipex: IpexStatus | None = None,
     pt2_section: object = None,
+    cpu: CpuFacts | None = None,
 ) -> ServedModel:
     """The model an archive's worker serves.
 
@@ -64,6 +71,7 @@ def build_served_model(
     (handlers.pt2_section: mapped onto the settings or refused). `optimized=False` keeps
     the eager fp32 model as loaded, whatever the section asks (the stock baseline), and
     skips the IPEX probe. `ipex` replaces the probe (tests, IPEX-vs-native comparisons).
+    `cpu` replaces this machine's CPU facts (tests of other CPUs).
     """
     settings = settings_from_sections(handler_section, pt2_section)
     if not optimized:
@@ -73,9 +81,13 @@ def build_served_model(
     if ipex is None:
         ipex = probe_ipex() if optimized else NOT_PROBED
     check = check_inputs(settings, task, model_dir, example) if optimized else None
+    cpu = cpu or this_cpu()
+    decision = decide(settings.dtype, cpu)  # microseconds: nothing is built for a refusal
+    if decision.served.dtype != settings.dtype and settings.dtype != "auto":
+        log.warning("precision: %s", decision.served.reason)
     try:
         model = optimize(lambda: load_model(model_dir, dict(manifest)), example, settings,
-                         ipex, task.classifies, model_dir, check=check)
+                         ipex, task.classifies, model_dir, check=check, decision=decision)
     except ExampleInputError as error:
         raise ExampleInputError(f"{error}; {describe_example(settings, example)}") from None
     warnings: list[str] = []
@@ -84,4 +96,4 @@ def build_served_model(
             warnings = task.output_problems(model(*example))
     for warning in warnings:
         log.warning("%s", warning)
-    return ServedModel(settings, task, model, ipex, example, tuple(warnings))
+    return ServedModel(settings, task, model, ipex, example, decision, cpu, tuple(warnings))

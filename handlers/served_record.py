@@ -24,7 +24,7 @@ class ServedRecord:
     pipeline: str  # the chosen plan: preset[step>step...], " bf16" appended when bf16
     preset: str  # the chosen plan's name: a preset, "custom" or "eager"
     steps: tuple[str, ...]  # the chosen plan's steps, in order
-    dtype: str  # fp32 or bf16: what runs, after the accuracy gate
+    dtype: str  # fp32, bf16 or int8: what runs, after the CPU's fit and the accuracy gate
     ipex: str  # why IPEX is or is not used
     load_s: float  # initialize() from start to ready, warm-up included
     intra_op_threads: int
@@ -32,6 +32,9 @@ class ServedRecord:
     placement: dict[str, object] | None  # the launcher's seat at ready time; None: not pinned
     notes: tuple[str, ...]  # what each step did or skipped
     rejected: tuple[str, ...]  # candidates that failed or disagreed with eager, and why
+    requested_dtype: str = "fp32"  # handler.dtype as configured (auto included)
+    precision: str = ""  # why this dtype: what the CPU runs of the request, then the gate
+    cpu: dict[str, object] | None = None  # the CPU facts read: model, bf16 / int8 flags
 
 
 _TUPLES = ("steps", "affinity", "notes", "rejected")
@@ -54,7 +57,7 @@ def read_records(log_text: str) -> list[ServedRecord]:
             continue
         try:
             data, _ = decoder.raw_decode(rest)
-            values = {name: data[name] for name in names}
+            values = {name: data[name] for name in names if name in data}
             values.update({name: tuple(values[name]) for name in _TUPLES})
         except (ValueError, KeyError, TypeError):
             continue

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 
-DTYPES = ("fp32", "bf16", "int8")
+DTYPES = ("fp32", "bf16", "int8", "auto")  # auto: the fastest this CPU runs that passes
 #: `stock`: TorchServe's own answer ({label: probability}, ts/utils/util.py
 #: map_class_to_label), so clients of image_classifier / text_classifier keep working;
 #: `detailed`: index, label and probability (image), or label, logits, probabilities (text)

@@ -15,7 +15,6 @@ import os
 import sys
 from pathlib import Path
 
-from torchserve_cpu.launcher.errors import LauncherError
 from torchserve_cpu.launcher.host import (
     SysRoot,
     Topology,
@@ -24,7 +23,13 @@ from torchserve_cpu.launcher.host import (
     read_topology,
 )
 from torchserve_cpu.launcher.planning import ALLOCATORS, parse_launcher_args, plan, render_plan
-from torchserve_cpu.launcher.torchserve import read_ts_config, worker_counts
+from torchserve_cpu.launcher.torchserve import (
+    default_workers,
+    find_ts_config,
+    read_ts_config,
+    worker_counts,
+    worker_models,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     planning.add_argument("--workers", type=int, help="total workers of all models")
     planning.add_argument("--launcher-args", default=None, help="cpu_launcher_args text")
     planning.add_argument(
-        "--ts-config", type=Path, help="take launcher args and worker counts from it"
+        "--ts-config", type=Path, help="take launcher args and worker counts from it "
+        "(default without --workers: $TS_CONFIG_FILE, else ./config.properties)"
     )
     planning.add_argument("--json", action="store_true", help="machine-readable output")
     doctor = commands.add_parser("doctor", help="check the running TorchServe workers")
@@ -124,20 +130,24 @@ def load_topology(path: Path | None) -> Topology:
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    """With no --workers, the config TorchServe would read ($TS_CONFIG_FILE, --ts-config,
+    ./config.properties): its models at start, or one model registered later."""
     topology = load_topology(args.topology_file)
-    config = read_ts_config(args.ts_config) if args.ts_config else None
+    config = None
+    if args.ts_config is not None or args.workers is None:
+        config = read_ts_config(find_ts_config(os.environ, args.ts_config, Path.cwd()))
     text = args.launcher_args if args.launcher_args is not None else None
-    if text is None and config is not None:
-        options = config.options
-    else:
-        options = parse_launcher_args(text)
+    options = config.options if text is None and config is not None else parse_launcher_args(text)
+    models: list[str] = []
     workers = args.workers
-    if workers is None:
-        if config is None:
-            raise LauncherError("plan: give --workers N or --ts-config FILE")
-        workers = sum(worker_counts(config, len(topology.cpus)).values())
+    if workers is None and config is not None:
+        counts = worker_counts(config, len(topology.cpus))
+        if not counts:  # nothing loaded at start: what one model registered later gets
+            counts = {"(registered later)": default_workers(config, len(topology.cpus))}
+        models = worker_models(counts)
+        workers = len(models)
     result = plan(topology, options, workers)
-    print(json.dumps(result.to_dict()) if args.json else render_plan(result))
+    print(json.dumps(result.to_dict()) if args.json else render_plan(result, models))
     return 0
 
 

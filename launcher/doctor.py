@@ -24,7 +24,6 @@ from torchserve_cpu.launcher.planning import (
     PRELOAD_FIX,
     choose_allocator,
     mapped_allocator,
-    parse_launcher_args,
 )
 from torchserve_cpu.launcher.torchserve import Entry, read_entries, torchserve_workers
 
@@ -105,13 +104,14 @@ def inspect(
                 nodes=tuple(sorted({node_of[c].node for c in cpus
                                     if c in node_of and node_of[c].node is not None})),
                 pending_threads=pending,
-                logical_cores=bool(entry) and parse_launcher_args(entry.pool.args).use_logical_core,
+                logical_cores=bool(entry) and entry.pool.options.use_logical_core,
             )
         )
     found = problems(workers, topology, by_pid)
     frontends = sorted({w.frontend for w in workers})
     notes = [f"{len(frontends)} TorchServe instances share this host's registry"] if len(
         frontends) > 1 else []
+    notes += sharing_notes(workers, by_pid)
     notes += allocator_hints(workers, by_pid)
     return Report(tuple(workers), tuple(found), tuple(notes))
 
@@ -124,7 +124,7 @@ def allocator_hints(workers: list[WorkerReport], entries: dict[int, Entry]) -> l
         if entry is None or worker.allocator == "unknown":
             continue
         try:
-            wanted = choose_allocator(parse_launcher_args(entry.pool.args)).name
+            wanted = choose_allocator(entry.pool.options).name
         except LauncherError as error:
             hints.append(f"pid {worker.pid}: {error}")
             continue
@@ -158,12 +158,13 @@ def problems(
             )
         for b in workers[i + 1 :]:
             shared = set(a.cpus) & set(b.cpus)
+            if shared and arranged(entry, b.pid):
+                continue  # sharing the user allowed: a note (sharing_notes), not a problem
             if shared:
-                why = ""
-                if entry is not None and b.pid in entry.shared_with:
-                    why = " (more workers than core blocks: shared by --oversubscribe share)"
                 found.append(
-                    f"pids {a.pid} and {b.pid} overlap on CPUs {format_cpulist(shared)}{why}"
+                    f"pids {a.pid} and {b.pid} overlap on CPUs {format_cpulist(shared)} "
+                    "(not seated together by the registry: pinned by hand, or a TorchServe "
+                    "with another $TSCPU_REGISTRY_DIR)"
                 )
                 continue
             other = {core_of[c] for c in b.cpus if c in core_of}
@@ -172,11 +173,34 @@ def problems(
     return found
 
 
+def arranged(entry: Entry | None, other: int) -> bool:
+    """The registry seated this worker with `other` because the user allows sharing
+    (--oversubscribe share, the default) and there are more workers than core blocks."""
+    return (entry is not None and other in entry.shared_with
+            and entry.pool.options.oversubscribe == "share")
+
+
+def sharing_notes(workers: list[WorkerReport], entries: dict[int, Entry]) -> list[str]:
+    """Workers sharing CPUs as the registry arranged it: a fact to know, not a fault."""
+    notes = []
+    for i, a in enumerate(workers):
+        for b in workers[i + 1 :]:
+            shared = set(a.cpus) & set(b.cpus)
+            if shared and arranged(entries.get(a.pid), b.pid):
+                notes.append(
+                    f"pids {a.pid} ({a.model}) and {b.pid} ({b.model}) share CPUs "
+                    f"{format_cpulist(shared)}: more workers than core blocks, shared as "
+                    "--oversubscribe share (the default) allows"
+                )
+    return notes
+
+
 def render(report: Report) -> str:
     if not report.workers:
         return "no running TorchServe workers found"
+    width = max(12, *(len(w.model) for w in report.workers))  # whole names: no cut
     lines = [
-        f"{'pid':>8} {'frontend':>8} {'model':12} {'cpus':14} {'nodes':6} {'threads':>7} "
+        f"{'pid':>8} {'frontend':>8} {'model':{width}} {'cpus':14} {'nodes':6} {'threads':>7} "
         f"{'os-thr':>6} {'allocator':9} local-memory  env"
     ]
     for w in report.workers:
@@ -186,7 +210,7 @@ def render(report: Report) -> str:
         env = " ".join(f"{k}={v}" for k, v in w.env.items() if k != "LD_PRELOAD")
         threads = f"{w.threads}" + ("" if w.pending_threads is None else f">{w.pending_threads}")
         lines.append(
-            f"{w.pid:>8} {w.frontend:>8} {w.model[:12]:12} {format_cpulist(w.cpus):14} "
+            f"{w.pid:>8} {w.frontend:>8} {w.model:{width}} {format_cpulist(w.cpus):14} "
             f"{','.join(map(str, w.nodes)) or '-':6} {threads:>7} {w.os_threads:>6} "
             f"{w.allocator:9} {locality:>12}  {env}"
         )

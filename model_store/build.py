@@ -134,13 +134,6 @@ MODELS = {
 }
 
 
-def model_class_for(name: str) -> type[torch.nn.Module]:
-    """The class TorchServe will instantiate from the model's archived model file."""
-    from torchserve_cpu.handlers.loading import model_class_from_file
-
-    return model_class_from_file(MODELS[name].source_dir / "model.py")
-
-
 def weights_path(spec: ModelSpec) -> Path:
     """The cached state dict for a model, created on first use (shared by all builds)."""
     path = weights_dir() / f"{spec.name}.pt"

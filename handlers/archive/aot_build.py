@@ -50,9 +50,9 @@ from torchserve_cpu.handlers.model_config import settings_from_config
 from torchserve_cpu.handlers.optimize import (
     StepPlan,
     compare,
-    has_convolutions,
     prepare_inputs,
     thresholds_for,
+    wants_channels_last,
 )
 from torchserve_cpu.handlers.settings import HandlerSettings
 from torchserve_cpu.handlers.tasks import ModelInputs, make_task
@@ -166,8 +166,7 @@ def build_one(eager: nn.Module, settings: HandlerSettings, task: object, dtype: 
     """Export, compile, check one precision; files written into `out_dir`."""
     started = time.perf_counter()
     bf16 = dtype == "bf16"
-    channels_last = settings.channels_last if settings.channels_last is not None \
-        else has_convolutions(eager)
+    channels_last = wants_channels_last(settings.channels_last, eager)
     model = copy.deepcopy(eager).eval().requires_grad_(False)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -13,8 +13,10 @@ from torchserve_cpu.handlers.optimize.optimizer import (
     thresholds_for,
 )
 from torchserve_cpu.handlers.optimize.pipeline import PRESET_NAMES, STEPS, StepPlan
-from torchserve_cpu.handlers.optimize.steps import has_convolutions, prepare_inputs
+from torchserve_cpu.handlers.optimize.precision import Decision, decide
+from torchserve_cpu.handlers.optimize.steps import prepare_inputs, wants_channels_last
 
-__all__ = ["PRESET_NAMES", "STEPS", "ExampleInputError", "IpexStatus", "Optimized",
-           "StepPlan", "check_inputs", "compare", "error_summary", "has_convolutions",
-           "optimize", "plan_dtype", "prepare_inputs", "probe_ipex", "thresholds_for"]
+__all__ = ["PRESET_NAMES", "STEPS", "Decision", "ExampleInputError", "IpexStatus",
+           "Optimized", "StepPlan", "check_inputs", "compare", "decide", "error_summary",
+           "optimize", "plan_dtype", "prepare_inputs", "probe_ipex", "thresholds_for",
+           "wants_channels_last"]

@@ -33,6 +33,7 @@ from torchserve_cpu.handlers.optimize.pipeline import (
     replaces_model,
     run_steps,
 )
+from torchserve_cpu.handlers.optimize.precision import Decision
 from torchserve_cpu.handlers.optimize.steps import Stage, StepContext, call_stage, set_onednn_graph
 from torchserve_cpu.handlers.settings import GATE_OFF, GateThresholds, HandlerSettings
 from torchserve_cpu.handlers.tasks import ModelInputs
@@ -75,8 +76,12 @@ class Optimized:
         return plan_dtype(self.plan)
 
 
-def candidate_plans(settings: HandlerSettings) -> list[StepPlan]:
-    """Plans in the order they are tried (auto: all of them, then timed)."""
+def candidate_plans(settings: HandlerSettings, decision: Decision | None = None) -> list[StepPlan]:
+    """Plans in the order they are tried (optimize: auto, all of them, then timed).
+
+    `decision` is what this CPU runs of the requested dtype (handlers.optimize.precision):
+    a bf16 or int8 it has no units for is never built. None: the dtype as requested (auto:
+    int8, bf16, fp32)."""
     if isinstance(settings.optimize, tuple):
         names = [("custom", settings.optimize)]
     elif settings.optimize == AUTO:
@@ -84,12 +89,20 @@ def candidate_plans(settings: HandlerSettings) -> list[StepPlan]:
     else:
         chain = (settings.optimize, *FALLBACKS.get(settings.optimize, ()))
         names = [(name, PRESET_STEPS[name]) for name in chain]
-    precisions = [True, False] if settings.dtype == "bf16" else [False]
+    dtypes = served_dtypes(settings.dtype, decision)
+    precisions = [True, False] if "bf16" in dtypes else [False]
     plans = [StepPlan(name, steps, bf16) for name, steps in names for bf16 in precisions]
-    if settings.dtype == "int8":
+    if "int8" in dtypes:
         plans.insert(0, INT8_PLAN)
     eager = StepPlan("eager", PRESET_STEPS["eager"])
     return plans if eager in plans else [*plans, eager]
+
+
+def served_dtypes(requested: str, decision: Decision | None) -> tuple[str, ...]:
+    """The reduced precisions worth building, fastest first, then fp32."""
+    if decision is not None:
+        return tuple(dict.fromkeys((*(c.dtype for c in decision.candidates), "fp32")))
+    return ("int8", "bf16", "fp32") if requested == "auto" else (requested, "fp32")
 
 
 def thresholds_for(plan: StepPlan, settings: HandlerSettings, classifies: bool) -> GateThresholds:
@@ -171,19 +184,25 @@ def optimize(
     classifies: bool,
     model_dir: Path | None = None,
     check: CheckInputs | None = None,
+    decision: Decision | None = None,
 ) -> Optimized:
     """The best candidate for `model` that agrees with its own fp32 eager outputs.
 
     `model` is the eager model or a function loading it, called only when a candidate
-    needs it; `model_dir` is the unpacked archive (where aot packages are)."""
+    needs it; `model_dir` is the unpacked archive (where aot packages are); `decision` what
+    this CPU runs of the requested dtype. With `dtype: auto` every precision the CPU runs is
+    built, up to the first fp32 plan that agrees, and the fastest that agrees serves."""
     eager = Eager(model, example)
+    int8 = [c for c in decision.candidates if c.dtype == "int8"] if decision else []
     ctx = StepContext(example=example, ipex=ipex, channels_last=settings.channels_last,
                       model_dir=model_dir, compile_options=settings.compile_options,
-                      calibration=check.inputs if check else None)
+                      calibration=check.inputs if check else None,
+                      activation_bits=(int8[0].activation_bits or 8) if int8 else 8)
+    timed = settings.optimize == AUTO or settings.dtype == "auto"
     rejected: list[str] = []
     accepted: list[tuple[StepPlan, Stage, Agreement]] = []
     tried: list[Tried] = []
-    for plan in candidate_plans(settings):
+    for plan in candidate_plans(settings, decision):
         # oneDNN Graph fusion is process-wide: off unless this plan's step turns it on
         # (optimize_for_inference graphs fail with it; IPEX plans skip it).
         set_onednn_graph(False)
@@ -214,9 +233,9 @@ def optimize(
             log.warning("optimizer: %s", rejected[-1])
             continue
         accepted.append((plan, stage, agreement))
-        if settings.optimize != AUTO:
+        if settings.optimize != AUTO and not (settings.dtype == "auto" and plan.reduced):
             break
-    if settings.optimize == AUTO and len(accepted) > 1:
+    if timed and len(accepted) > 1:
         timings = [(p.describe(), time_stage(s, example)) for p, s, _ in accepted]
         fastest = min(range(len(accepted)), key=lambda i: timings[i][1])
         plan, stage, agreement = accepted[fastest]

@@ -71,6 +71,9 @@ class StepContext:
     model_dir: Path | None = None  # the unpacked archive (aot packages live there)
     #: torch.compile keyword arguments from model-config.yaml's `pt2:` section
     compile_options: Mapping[str, object] = field(default_factory=dict)
+    #: int8 activation width this CPU computes exactly (handlers.optimize.precision): 8 with
+    #: VNNI/AMX/arm dot products, 7 on AVX2 alone (its 16-bit sums saturate)
+    activation_bits: int = 8
 
 
 class StepError(RuntimeError):
@@ -146,9 +149,14 @@ def step_ipex_or_native(stage: Stage, ctx: StepContext) -> Stage:
     return replace(staged, notes=staged.notes + (f"ipex skipped: {ctx.ipex.reason}",))
 
 
+def wants_channels_last(setting: bool | None, module: object) -> bool:
+    """`handler.channels_last`: as set, or (unset / auto) for models with convolutions."""
+    return setting if setting is not None else has_convolutions(module)
+
+
 def step_channels_last(stage: Stage, ctx: StepContext) -> Stage:
     module = _as_module(stage, "channels_last")
-    wanted = ctx.channels_last if ctx.channels_last is not None else has_convolutions(module)
+    wanted = wants_channels_last(ctx.channels_last, module)
     if not wanted:
         return stage.skip("channels_last", "no convolutions")
     return stage.then("channels_last", module.to(memory_format=torch.channels_last),

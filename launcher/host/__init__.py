@@ -5,6 +5,22 @@ platform module; the modules below read files only through `SysRoot`, so tests p
 a saved tree.
 """
 
+from torchserve_cpu.launcher.host.cpu import (
+    ARM,
+    ARM_BF16,
+    ARM_INT8_DOT,
+    X86,
+    X86_BF16,
+    X86_INT8_DOT,
+    X86_INT8_SATURATING,
+    Capabilities,
+    CpuFacts,
+    capabilities,
+    normal_arch,
+    parse_cpuinfo,
+    read_cpu_facts,
+    this_cpu,
+)
 from torchserve_cpu.launcher.host.cpulist import format_cpulist, parse_cpulist
 from torchserve_cpu.launcher.host.facts import allowed_topology
 from torchserve_cpu.launcher.host.lscpu import parse_lscpu, read_lscpu
@@ -37,6 +53,9 @@ from torchserve_cpu.launcher.host.sysroot import SysRoot
 from torchserve_cpu.launcher.host.topology import CoreKey, Cpu, Topology
 
 __all__ = [
+    "ARM", "ARM_BF16", "ARM_INT8_DOT", "X86", "X86_BF16", "X86_INT8_DOT", "X86_INT8_SATURATING",
+    "Capabilities", "CpuFacts", "capabilities", "normal_arch", "parse_cpuinfo", "read_cpu_facts",
+    "this_cpu",
     "CLOCK_TICKS", "CoreKey", "Cpu", "ProcessStat", "SysRoot", "Topology", "allowed_cpus",
     "allowed_topology", "cgroup_cpu_quota", "cgroup_cpuset", "cmdline", "cpuinfo", "environ",
     "format_cpulist", "iomp_loaded", "is_alive", "mapped_libraries", "node_cpus",

@@ -14,15 +14,16 @@ its cpu_launcher_args). For each pool the planner cuts blocks:
 Workers keep as much of the CPUs they hold as the new layout allows (the least
 movement, so NUMA-local memory mostly stays local). Pools that overlap (instances with
 different args) are served in order of their oldest worker, each over what the earlier
-ones left. When there are more workers than blocks, the extra ones share the
-least-loaded blocks with their thread counts divided (never N x cores threads); the
+ones left. When there are more workers than blocks, the extra ones share blocks, a
+model's workers on different blocks first, with their thread counts divided (never N x
+cores threads); the
 joining side decides whether that is allowed (`--oversubscribe refuse` in the registry).
 Pure: no I/O, tested on saved topologies.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from torchserve_cpu.launcher.errors import LauncherError
@@ -39,10 +40,12 @@ class Pool:
 
     cpus: tuple[int, ...]  # allowed to the frontend: cgroup cpuset ∩ affinity
     quota: float | None  # cgroup CPU quota in CPUs
-    args: str  # cpu_launcher_args, as written
+    args: str  # cpu_launcher_args, as written (what the registry stores)
+    #: the args parsed, once, when the pool is made (from a config or the registry's text)
+    options: LauncherOptions = field(init=False, compare=False, repr=False)
 
-    def options(self) -> LauncherOptions:
-        return parse_launcher_args(self.args)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", parse_launcher_args(self.args))
 
 
 @dataclass(frozen=True)
@@ -80,11 +83,7 @@ def is_reserved(options: LauncherOptions) -> bool:
     return options.ninstances is not None or options.mode == "throughput"
 
 
-def assign(
-    machine: Topology,
-    demands: Sequence[Demand],
-    options_of: Callable[[Pool], LauncherOptions] = Pool.options,
-) -> Assignment:
+def assign(machine: Topology, demands: Sequence[Demand]) -> Assignment:
     """Seats for every demand. Raises LauncherError only for a pool whose own settings
     cannot be planned at all (e.g. --node_id of a node with no allowed CPU)."""
     pools: dict[Pool, list[Demand]] = {}
@@ -97,7 +96,7 @@ def assign(
     # is not free (planning over it put two instances' threads on one core, unreported).
     taken: set[CoreKey] = set()
     for pool, members in pools.items():  # dict order = oldest worker first
-        options = options_of(pool)
+        options = pool.options
         free = [cpu for cpu in pool.cpus if core_of.get(cpu) not in taken]
         if not free:
             notes.append(
@@ -139,7 +138,9 @@ def _seat(
     """Each worker, oldest first, to the free block overlapping most with what it holds,
     then with its first block (a worker that grew while another restarted shrinks back
     to where it was), then on the node it was on (its memory is there), then the lowest
-    index; workers beyond the blocks share the least-loaded ones."""
+    index; workers beyond the blocks share the block holding the fewest workers of their
+    own model, then the least-loaded one (seen: after a 2 -> 1 -> 2 scale beside another
+    model on 2 cores, both workers of the scaled model sat on core 0)."""
     if not blocks:
         raise LauncherError("no core block can be planned for these workers")
     sitting: dict[int, list[Demand]] = {block.index: [] for block in blocks}
@@ -154,8 +155,10 @@ def _seat(
             best = max(free, key=lambda i: (overlap[i], home[i], by_index[i].node in held_nodes,
                                             -i))
             free.remove(best)
-        else:
-            best = min(sitting, key=lambda i: (len(sitting[i]), -overlap[i], i))
+        else:  # a model's workers spread over blocks before two of them share one
+            best = min(sitting, key=lambda i: (
+                sum(d.model == demand.model for d in sitting[i]), len(sitting[i]), -overlap[i],
+                i))
         sitting[best].append(demand)
     seats: dict[WorkerKey, Seat] = {}
     for index, group in sitting.items():

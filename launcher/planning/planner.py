@@ -240,13 +240,19 @@ def _single(values: set[int | None]) -> int | None:
     return next(iter(values)) if len(values) == 1 else None
 
 
-def render_plan(result: Plan) -> str:
-    lines = [f"{'worker':>6}  {'node':>4}  {'threads':>7}  cpus"]
-    for block in result.blocks:
-        node = "-" if block.node is None else str(block.node)
-        lines.append(
-            f"{block.index:>6}  {node:>4}  {block.threads:>7}  {format_cpulist(block.cpus)}"
-        )
+def render_plan(result: Plan, models: Sequence[str] = ()) -> str:
+    """The plan as a table; `models` names each worker's model, in block order."""
+    width = max([5, *(len(name) for name in models)])
+
+    def row(worker: object, model: str, node: str, threads: object, cpus: str) -> str:
+        named = f"{model:{width}}  " if models else ""
+        return f"{worker:>6}  {named}{node:>4}  {threads:>7}  {cpus}"
+
+    lines = [row("worker", "model", "node", "threads", "cpus")]
+    for i, block in enumerate(result.blocks):
+        lines.append(row(block.index, models[i] if i < len(models) else "-",
+                         "-" if block.node is None else str(block.node), block.threads,
+                         format_cpulist(block.cpus)))
     lines.append(f"leftover: {format_cpulist(result.leftover) or 'none'}")
     lines += [f"note: {note}" for note in result.notes]
     return "\n".join(lines)

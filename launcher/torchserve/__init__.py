@@ -4,8 +4,13 @@ side effects)."""
 
 from torchserve_cpu.launcher.torchserve.processes import torchserve_workers
 from torchserve_cpu.launcher.torchserve.registry import Entry, read_entries
-from torchserve_cpu.launcher.torchserve.serve import serve_in_foreground
-from torchserve_cpu.launcher.torchserve.tsconfig import read_ts_config, worker_counts
+from torchserve_cpu.launcher.torchserve.serve import serve_in_foreground, worker_models
+from torchserve_cpu.launcher.torchserve.tsconfig import (
+    default_workers,
+    find_ts_config,
+    read_ts_config,
+    worker_counts,
+)
 
 # the handler pins its worker at load time with these
 from torchserve_cpu.launcher.torchserve.worker import (
@@ -15,4 +20,5 @@ from torchserve_cpu.launcher.torchserve.worker import (
 )
 
 __all__ = ["Entry", "PinnedWorker", "WorkerPlacement", "pin_current_worker", "read_entries",
-           "read_ts_config", "serve_in_foreground", "torchserve_workers", "worker_counts"]
+           "read_ts_config", "serve_in_foreground", "torchserve_workers", "worker_counts",
+           "default_workers", "find_ts_config", "worker_models"]

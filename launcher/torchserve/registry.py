@@ -9,6 +9,12 @@ re-apply their seat; see launcher.worker.
 
 A worker is named by (pid, start time): a dead worker's entry, or a pid reused by
 another process, is dropped at the next change or sweep.
+
+The file decides where every worker's threads run, so it is the serving user's alone: by
+default in `/dev/shm/torchserve-cpu-<uid>/` (mode 0700, files 0600), and a directory or
+file that another user owns or can write is refused with its path and owner. Sharing
+between users is possible only when asked: `$TSCPU_REGISTRY_DIR` names a directory set up
+for it (files 0660 there). The lock is waited for at most `LOCK_WAIT_S`.
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import pwd
+import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -28,17 +37,54 @@ from torchserve_cpu.launcher.planning import Demand, Pool, WorkerKey, assign
 
 REGISTRY_ENV = "TSCPU_REGISTRY_DIR"
 FILE_NAME = "torchserve-cpu-registry.json"
+#: a worker's start fails after this long, naming the lock, instead of hanging: the lock is
+#: held for milliseconds by a worker joining or leaving
+LOCK_WAIT_S = 10.0
 
 
 def default_directory() -> Path:
-    """$TSCPU_REGISTRY_DIR, else /dev/shm (gone at reboot, like the pids), else TMPDIR."""
+    """$TSCPU_REGISTRY_DIR (shared as set up), else this user's own directory in /dev/shm
+    (gone at reboot, like the pids), else in TMPDIR."""
     chosen = os.environ.get(REGISTRY_ENV)
     if chosen:
         return Path(chosen)
     shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        return shm
-    return Path(tempfile.gettempdir())
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    return base / f"torchserve-cpu-{os.getuid()}"
+
+
+def owner_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def foreign(path: Path, st_uid: int, st_mode: int, uid: int) -> str | None:
+    """Why a registry path is not this user's alone (None: it is). Decided from stat data."""
+    fix = (f"remove it, or set {REGISTRY_ENV} to a directory shared on purpose")
+    if stat.S_ISLNK(st_mode):
+        return f"registry: {path} is a symbolic link; {fix}"
+    if st_uid != uid:
+        return (f"registry: {path} is owned by {owner_name(st_uid)}, not by this user "
+                f"({owner_name(uid)}): another user could move every worker's threads; {fix}")
+    if st_mode & 0o022:
+        return (f"registry: {path} can be written by other users (mode "
+                f"{stat.S_IMODE(st_mode):o}); {fix}")
+    return None
+
+
+def check_private(directory: Path) -> None:
+    """Make this user's registry directory (0700) or refuse one that is not theirs alone."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for path in (directory, directory / FILE_NAME, (directory / FILE_NAME).with_suffix(".lock")):
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        problem = foreign(path, info.st_uid, info.st_mode, os.getuid())
+        if problem:
+            raise LauncherError(problem)
 
 
 @dataclass(frozen=True)
@@ -101,10 +147,21 @@ class Registry:
         machine: Topology,
         directory: Path | None = None,
         alive: Callable[[int, int], bool] = is_alive,
+        private: bool | None = None,
+        lock_wait: float = LOCK_WAIT_S,
     ) -> None:
+        """`private`: checked to be this user's alone (default: when the directory is the
+        default one, not $TSCPU_REGISTRY_DIR's nor a caller's)."""
         self.machine = machine
-        self.path = (directory or default_directory()) / FILE_NAME
+        if private is None:
+            private = directory is None and not os.environ.get(REGISTRY_ENV)
+        directory = directory or default_directory()
+        if private:
+            check_private(directory)
+        self.path = directory / FILE_NAME
+        self.mode = 0o600 if private else 0o660
         self._alive = alive
+        self._lock_wait = lock_wait
 
     # -- reading (no lock: writes replace the file atomically) ---------------------------
 
@@ -117,16 +174,7 @@ class Registry:
         return (info.st_ino, info.st_mtime_ns)
 
     def read(self) -> State:
-        try:
-            data = json.loads(self.path.read_text())
-            return State(
-                generation=int(data["generation"]),
-                next_seq=int(data["next_seq"]),
-                entries=tuple(Entry.from_dict(e) for e in data["entries"]),
-                notes=tuple(data.get("notes", ())),
-            )
-        except (OSError, ValueError, KeyError, TypeError):
-            return State()  # missing or foreign file: start afresh, liveness is rechecked
+        return read_state(self.path)
 
     # -- changes (under the lock) ---------------------------------------------------------
 
@@ -183,9 +231,10 @@ class Registry:
         """A change under the flock, starting from the stored state with dead workers
         dropped (and the rest re-seated); written back only if it differs."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o666)
+        lock = self.path.with_suffix(".lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, self.mode)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._wait_for(fd, lock)
             stored = self.read()
             live = tuple(e for e in stored.entries if self._alive(e.pid, e.started))
             state = stored
@@ -208,8 +257,23 @@ class Registry:
         fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".registry-")
         with os.fdopen(fd, "w") as handle:
             json.dump(data, handle)
-        os.chmod(temporary, 0o666)
+        os.chmod(temporary, self.mode)
         os.replace(temporary, self.path)
+
+    def _wait_for(self, fd: int, lock: Path) -> None:
+        deadline = time.monotonic() + self._lock_wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LauncherError(
+                        f"registry: {lock} has been held by another process for "
+                        f"{self._lock_wait:g} s (a stopped or hung worker? `fuser {lock}` "
+                        "names it); this worker cannot take a seat until it is released"
+                    ) from None
+                time.sleep(0.01)
 
 
 def _reseat(machine: Topology, before: State, entries: tuple[Entry, ...], next_seq: int) -> State:
@@ -242,12 +306,44 @@ def _reseat(machine: Topology, before: State, entries: tuple[Entry, ...], next_s
     )
 
 
-def read_entries(directory: Path | None = None) -> tuple[Entry, ...]:
-    """Live workers as last recorded (for `doctor`); exited ones are left out."""
-    path = (directory or default_directory()) / FILE_NAME
+def sharing_note(me: Entry, entries: tuple[Entry, ...]) -> str | None:
+    """Who else sits on this worker's cores, by model and TorchServe instance, with the fix
+    that can help: more workers than blocks in this instance, or another instance here."""
+    others = [e for e in entries if e.pid in me.shared_with]
+    if not others:
+        return None
+    mine = [f"{e.model} worker {e.pid}" for e in others if e.frontend == me.frontend]
+    theirs = [f"{e.model} worker {e.pid} of the TorchServe with pid {e.frontend}"
+              for e in others if e.frontend != me.frontend]
+    who = ", ".join([*(f"{name} (this TorchServe)" for name in mine), *theirs])
+    if theirs:
+        fix = ("another TorchServe on this host draws from the same cores: give each its own "
+               "CPUs (a cpuset or taskset per instance), or fewer workers in total")
+    else:
+        fix = ("this TorchServe has more workers than core blocks: lower minWorkers / "
+               "default_workers_per_model, or give it more CPUs")
+    return f"{me.model} worker {me.pid} shares cores {format_cpulist(me.cpus)} with {who}: {fix}"
+
+
+def read_state(path: Path) -> State:
+    """The registry file's state; empty when it is missing or foreign (start afresh:
+    liveness is rechecked)."""
     try:
         data = json.loads(path.read_text())
-        entries = (Entry.from_dict(e) for e in data["entries"])
+        return State(
+            generation=int(data["generation"]),
+            next_seq=int(data["next_seq"]),
+            entries=tuple(Entry.from_dict(e) for e in data["entries"]),
+            notes=tuple(data.get("notes", ())),
+        )
     except (OSError, ValueError, KeyError, TypeError):
-        return ()
+        return State()
+
+
+def read_entries(directory: Path | None = None) -> tuple[Entry, ...]:
+    """Live workers as last recorded (for `doctor`); exited ones are left out. The default
+    directory is checked as a worker checks it: a foreign registry is not believed."""
+    if directory is None and not os.environ.get(REGISTRY_ENV):
+        check_private(default_directory())
+    entries = read_state((directory or default_directory()) / FILE_NAME).entries
     return tuple(e for e in entries if is_alive(e.pid, e.started))

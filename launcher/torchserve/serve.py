@@ -96,7 +96,8 @@ def prepare(
     if not config.launcher_enabled:
         log.warning("%s=true is not set in %s: workers will not be pinned", ENABLE_KEY, ts_config)
         return Prepared(Path(ts_config), {}, None, None, counts)
-    the_plan = start_preview(topology, config.options, sum(counts.values()))
+    the_plan = start_preview(topology, config.options, sum(counts.values()),
+                             worker_models(counts))
     allocator = choose_allocator(config.options)
     if allocator.path is None:
         log.info("launcher: allocator glibc (%s)", allocator.reason)
@@ -105,12 +106,19 @@ def prepare(
     return Prepared(Path(ts_config), env, the_plan, allocator, counts)
 
 
-def start_preview(topology: Topology, options: LauncherOptions, workers: int) -> Plan:
+def worker_models(counts: Mapping[str, int]) -> list[str]:
+    """Each start-up worker's model, in TorchServe's order of loading."""
+    return [name for name, workers in counts.items() for _ in range(workers)]
+
+
+def start_preview(topology: Topology, options: LauncherOptions, workers: int,
+                  models: Sequence[str] = ()) -> Plan:
     """Where the workers of the models loaded at start will sit, computed as the workers
     themselves will (launcher.balance); raises now, naming the flag, if the options cannot
     be planned at all. Models registered later re-divide the cores at run time."""
     pool = Pool(topology.cpu_ids, topology.cpu_quota, options.args)
-    demands = [Demand((index, 0), "", pool, index) for index in range(max(1, workers))]
+    demands = [Demand((index, 0), models[index] if index < len(models) else "", pool, index)
+               for index in range(max(1, workers))]
     seats = assign(topology, demands)
     if seats.shared() and options.oversubscribe == "refuse":
         raise LauncherError(
@@ -314,7 +322,7 @@ def serve_in_foreground(environ: Mapping[str, str], ts_config: Path | None,
     store = find_model_store(config, model_store)
     prepared = prepare(config, store, models)
     if prepared.plan is not None:
-        print(render_plan(prepared.plan))
+        print(render_plan(prepared.plan, worker_models(prepared.models)))
         print(f"allocator: {prepared.allocator.name} ({prepared.allocator.reason})")
     arguments = list(torchserve_args)
     if model_store is not None:

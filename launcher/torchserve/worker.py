@@ -47,7 +47,7 @@ from torchserve_cpu.launcher.planning import (
 )
 from torchserve_cpu.launcher.torchserve import apply
 from torchserve_cpu.launcher.torchserve.processes import frontend_of
-from torchserve_cpu.launcher.torchserve.registry import Entry, Registry
+from torchserve_cpu.launcher.torchserve.registry import Entry, Registry, sharing_note
 from torchserve_cpu.launcher.torchserve.tsconfig import CONFIG_ENV, find_config, read_ts_config
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,27 @@ class WorkerPlacement:
         return text
 
 
+@dataclass(frozen=True)
+class SeatChange:
+    """What taking a seat asks of this worker, decided from data alone (`seat_change`)."""
+
+    repin: bool  # its CPUs changed: pin its threads there
+    rethread: bool  # threads, node or first seat changed: bind memory, set thread counts
+    moved: bool  # it sat elsewhere before: a re-balance worth a log line
+
+
+def seat_change(applied: Entry, threads_applied: int, seat: Entry,
+                inference_thread: bool) -> SeatChange:
+    """Compare the seat applied so far with the registry's. Thread counts change only on
+    the inference thread: torch's thread pools are per thread and the watcher's are not
+    the ones that run the model."""
+    cpus_changed = seat.cpus != applied.cpus
+    rethread = inference_thread and (threads_applied != seat.threads
+                                     or seat.node != applied.node or not applied.cpus)
+    return SeatChange(repin=cpus_changed, rethread=rethread,
+                      moved=cpus_changed and bool(applied.cpus))
+
+
 class PinnedWorker:
     """This process's seat in the registry, kept applied as the registry changes."""
 
@@ -112,7 +133,7 @@ class PinnedWorker:
         self.placement: WorkerPlacement
         # read the seat back from the file, not `entry`: a worker that joined after this
         # one's join returned has already moved it, and that write is in the stamp
-        self._sync(None, inference_thread=True)
+        self._sync(inference_thread=True)
 
     # -- the inference thread ----------------------------------------------------------
 
@@ -120,61 +141,61 @@ class PinnedWorker:
         """Before each batch: apply a re-balance if there was one (one stat() if not)."""
         if self.registry.stamp() == self._stamp and self._threads_applied == self._entry.threads:
             return
-        self._sync(None, inference_thread=True)
+        self._sync(inference_thread=True)
 
     # -- both threads ------------------------------------------------------------------
 
-    def _sync(self, entry: Entry | None, inference_thread: bool) -> None:
+    def _sync(self, inference_thread: bool) -> None:
+        """Follow the registry: read this worker's seat, decide what changed, apply it."""
         with self._lock:
             self._stamp = self.registry.stamp()  # before reading: a later write is seen
-            if entry is None:
-                entry = self.registry.read().find(self.key)
+            state = self.registry.read()
+            entry = state.find(self.key)
             if entry is None and os.getppid() != self._parent:
                 return  # swept while TorchServe stops this worker: keep out of the way
             if entry is None:  # the file was removed or we were swept by mistake: rejoin
                 entry = self.registry.join(*self.key, self.model, self._entry.frontend,
                                            self._entry.pool)
-            if entry.cpus != self._entry.cpus:
-                if self.options.bind_cpus:
-                    apply.pin_threads(entry.cpus, self._fs)
-                if self._entry.cpus:
-                    log.info("launcher: %s worker %d re-balanced: cores %s -> %s, threads %d -> %d",
-                             self.model, self.key[0], format_cpulist(self._entry.cpus),
-                             format_cpulist(entry.cpus), self._entry.threads, entry.threads)
-            applied_now = False
-            if inference_thread and (
-                self._threads_applied != entry.threads or entry.node != self._entry.node
-                or not self._entry.cpus
-            ):
-                self._memory = self._bind(entry.node)
-                apply.set_environ(worker_env(entry.threads, iomp_loaded("self", self._fs)))
-                self._threads_applied = apply.set_torch_threads(entry.threads) or entry.threads
-                applied_now = True
-            self._entry = entry
-            previous = getattr(self, "placement", None)
-            self.placement = WorkerPlacement(
-                model=self.model,
-                cpus=entry.cpus,
-                node=entry.node,
-                threads=self._threads_applied,
-                allocator=mapped_allocator("self", self._fs) or "unknown",
-                memory_policy=self._memory,
-                shared_with=entry.shared_with,
-                allocator_note=self._allocator_note,
-            )
-            if self.placement != previous:  # under the lock: listeners hear changes in order
-                for listener in self._listeners:
-                    listener(self.placement)
-        if applied_now:
+            change = seat_change(self._entry, self._threads_applied, entry, inference_thread)
+            self._apply(change, entry)
+        if change.rethread:
             # Our own write changes the stamp too, and is left to look like a change (one
             # more read): a stamp taken after it may already be another worker's write,
             # which would then never be followed (seen: a worker stuck on 1 of 2 cores).
             self.registry.record_applied(self.key, self._threads_applied)
-        if entry.shared_with:
-            log.warning("launcher: %s worker %d shares cores %s with pids %s: more workers "
-                        "than core blocks; lower min_worker or widen the cpuset",
-                        self.model, self.key[0], format_cpulist(entry.cpus),
-                        ",".join(map(str, entry.shared_with)))
+        note = sharing_note(entry, state.entries)
+        if note:
+            log.warning("launcher: %s", note)
+
+    def _apply(self, change: SeatChange, entry: Entry) -> None:
+        """Every side effect of taking `entry` (called under the lock)."""
+        if change.repin and self.options.bind_cpus:
+            apply.pin_threads(entry.cpus, self._fs)
+        if change.moved:
+            log.info("launcher: %s worker %d re-balanced: cores %s -> %s, threads %d -> %d",
+                     self.model, self.key[0], format_cpulist(self._entry.cpus),
+                     format_cpulist(entry.cpus), self._entry.threads, entry.threads)
+        if change.rethread:
+            self._memory = self._bind(entry.node)
+            apply.set_environ(worker_env(entry.threads, iomp_loaded("self", self._fs)))
+            self._threads_applied = apply.set_torch_threads(entry.threads) or entry.threads
+        self._entry = entry
+        previous = getattr(self, "placement", None)
+        self.placement = WorkerPlacement(
+            model=self.model,
+            cpus=entry.cpus,
+            node=entry.node,
+            # the threads its batches run with: a seat moved while idle applies its count
+            # before the next batch, so the placement (and its metric) shows it now
+            threads=self._threads_applied if change.rethread else entry.threads,
+            allocator=mapped_allocator("self", self._fs) or "unknown",
+            memory_policy=self._memory,
+            shared_with=entry.shared_with,
+            allocator_note=self._allocator_note,
+        )
+        if self.placement != previous:  # under the lock: listeners hear changes in order
+            for listener in self._listeners:
+                listener(self.placement)
 
     def _bind(self, node: int | None) -> str:
         if not self.options.bind_memory:
@@ -216,7 +237,7 @@ class PinnedWorker:
                     self.registry.sweep()
                     last_sweep = time.monotonic()
                 if self.registry.stamp() != self._stamp:
-                    self._sync(None, inference_thread=False)
+                    self._sync(inference_thread=False)
                     _watch_pids(watched, {e.pid for e in self.registry.read().entries}
                                 - {self.key[0]})
             except Exception:  # never let the watcher kill the worker; try again later
@@ -272,9 +293,10 @@ def pin_current_worker(
         return None
     options = config.options
     owner = frontend.pid if frontend else (parent_pid("self", fs) or os.getpid())
-    allowed = allowed_topology(owner, fs)
+    machine = read_topology(fs)
+    allowed = allowed_topology(owner, fs, machine)
     pool = Pool(allowed.cpu_ids, allowed.cpu_quota, options.args)
-    registry = Registry(read_topology(fs))
+    registry = Registry(machine)
     started = process_start_time("self", fs) or 0
     entry = registry.join(os.getpid(), started, model_name, owner, pool,
                           allow_sharing=options.oversubscribe == "share")

@@ -8,9 +8,13 @@ from pathlib import Path
 
 import torch
 
-from torchserve_cpu.handlers.loading import load_state_dict
+from torchserve_cpu.handlers.loading import load_state_dict, model_class_from_file
 from torchserve_cpu.model_store.build import MODELS, tokenizer_files, weights_path
-from torchserve_cpu.model_store.build import model_class_for as _model_class
+
+
+def _model_class(name: str) -> type[torch.nn.Module]:
+    """The class TorchServe will instantiate from the model's archived model file."""
+    return model_class_from_file(MODELS[name].source_dir / "model.py")
 
 
 @functools.cache

@@ -6,6 +6,13 @@ import json
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from torchserve_cpu.launcher.doctor import inspect
+from torchserve_cpu.launcher.torchserve.registry import read_entries
+
+if TYPE_CHECKING:
+    from benchmarks.loopback_torchserve import TorchServe
 
 
 def write_config(directory: Path, **properties: str) -> Path:
@@ -72,6 +79,31 @@ def wait_for(condition, timeout: float = 120.0, step: float = 0.5):
         time.sleep(step)
     last = f"; last: {value.reason}" if isinstance(value, NotYet) else ""
     raise AssertionError(f"condition not met in {timeout}s{last}")
+
+
+def settled(server: TorchServe, registry: Path, workers: dict[str, int]) -> list[int] | NotYet:
+    """Pids when every model has its READY workers, each on its own cores with threads =
+    cores applied, the registry holds exactly them and doctor finds nothing; else what is
+    still missing."""
+    pids: list[int] = []
+    for model, count in workers.items():
+        ready = server.worker_pids(model)
+        if len(ready) != count:
+            return NotYet(f"{model}: READY workers {ready}, want {count}")
+        for _ in range(4 * count):  # requests reach every worker: each applies its seat
+            ask(server, model)
+        pids += ready
+    entries = {e.pid: e for e in read_entries(registry)}
+    if set(entries) != set(pids):  # a dead worker not yet swept, or a live one not joined
+        return NotYet(f"registry holds {sorted(entries)}, READY workers are {sorted(pids)}")
+    for e in entries.values():
+        if e.applied_threads != e.threads or set(e.cpus) != allowed_list(e.pid):
+            return NotYet(f"worker {e.pid}: seat {e.cpus} threads {e.threads}, applied "
+                          f"{e.applied_threads} threads on {sorted(allowed_list(e.pid))}")
+    report = inspect(entries=tuple(entries.values()), frontend=server.pid)
+    if {w.pid for w in report.workers} != set(pids):  # one starting or stopping, no seat yet
+        return NotYet(f"doctor sees workers {sorted(w.pid for w in report.workers)}")
+    return pids if not report.problems else NotYet(f"doctor: {report.problems}")
 
 
 def env_with_registry(directory: Path) -> dict[str, str]:

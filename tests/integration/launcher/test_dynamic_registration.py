@@ -27,11 +27,10 @@ from tests.integration.launcher.launcher_probe import (
     allowed_list,
     ask,
     env_with_registry,
+    settled,
     wait_for,
     write_config,
 )
-from torchserve_cpu.launcher.doctor import inspect
-from torchserve_cpu.launcher.torchserve.registry import read_entries
 
 HERE = Path(__file__).parent
 
@@ -78,31 +77,6 @@ def _answers(server: TorchServe) -> bool:
         return manage(server, "GET", "/models")[0] == 200
     except urllib.error.URLError:
         return False  # not listening yet
-
-
-def settled(server: TorchServe, registry: Path, workers: dict[str, int]) -> list[int] | NotYet:
-    """Pids when every model has its READY workers, each on its own cores with threads =
-    cores applied, the registry holds exactly them and doctor finds nothing; else what is
-    still missing."""
-    pids: list[int] = []
-    for model, count in workers.items():
-        ready = server.worker_pids(model)
-        if len(ready) != count:
-            return NotYet(f"{model}: READY workers {ready}, want {count}")
-        for _ in range(4 * count):  # requests reach every worker: each applies its seat
-            ask(server, model)
-        pids += ready
-    entries = {e.pid: e for e in read_entries(registry)}
-    if set(entries) != set(pids):  # a dead worker not yet swept, or a live one not joined
-        return NotYet(f"registry holds {sorted(entries)}, READY workers are {sorted(pids)}")
-    for e in entries.values():
-        if e.applied_threads != e.threads or set(e.cpus) != allowed_list(e.pid):
-            return NotYet(f"worker {e.pid}: seat {e.cpus} threads {e.threads}, applied "
-                          f"{e.applied_threads} threads on {sorted(allowed_list(e.pid))}")
-    report = inspect(entries=tuple(entries.values()), frontend=server.pid)
-    if {w.pid for w in report.workers} != set(pids):  # one starting or stopping, no seat yet
-        return NotYet(f"doctor sees workers {sorted(w.pid for w in report.workers)}")
-    return pids if not report.problems else NotYet(f"doctor: {report.problems}")
 
 
 def cores_of(pids: list[int]) -> list[set[int]]:

@@ -84,7 +84,7 @@ def test_a_typo_key_gets_a_did_you_mean_and_every_mistake_is_listed(
     assert code == 1, out
     assert "3 problem(s):" in out
     assert "handler.toopk: unknown key; did you mean topk?" in out
-    assert "handler.dtype: 'bf61' is not one of fp32, bf16, int8; did you mean bf16?" in out
+    assert "handler.dtype: 'bf61' is not one of fp32, bf16, int8, auto; did you mean bf16?" in out
     assert "unknown step(s) ['frezee']" in out and "did you mean freeze?" in out
 
 

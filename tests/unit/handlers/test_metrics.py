@@ -10,9 +10,10 @@ import pytest
 import yaml
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
+from tests.support.capabilities import saved_facts
 from tests.support.prometheus import WorkerLine, frontend_read
 from tests.support.torchserve_calls import TS_METRICS_CONFIG, call, png, tiny_model_context
-from torchserve_cpu.handlers import optimizing_handler
+from torchserve_cpu.handlers import optimizing_handler, served_model
 from torchserve_cpu.handlers.metrics import METRICS, STAGES, WorkerMetrics
 from torchserve_cpu.handlers.optimizing_handler import OptimizingHandler
 from torchserve_cpu.launcher.host.cpulist import parse_cpulist
@@ -100,6 +101,8 @@ def test_handler_reports_what_it_serves_the_gate_and_every_stage(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(optimizing_handler, "pin_current_worker", lambda model_name: None)
+    # a CPU with bf16 units, whatever this one is: bf16 is built and judged by the gate
+    monkeypatch.setattr(served_model, "this_cpu", lambda: saved_facts("sapphire_rapids"))
     handler = OptimizingHandler()
     with caplog.at_level(logging.INFO):
         handler.initialize(tiny_model_context(tmp_path, SECTION, metrics_config=METRICS_CONFIG))
@@ -108,7 +111,7 @@ def test_handler_reports_what_it_serves_the_gate_and_every_stage(
     at_start = [(line.name, labels(line), line.value) for line in metric_lines(caplog)]
     assert at_start == [
         ("tscpu_served_model", {"ModelName": "tiny", "Pipeline": "eager[eager]",
-                                "Dtype": "fp32"}, 1),
+                                "Dtype": "fp32", "Requested": "bf16"}, 1),
         ("tscpu_accuracy_gate_total", {"ModelName": "tiny", "Pipeline": "eager[eager]",
                                        "Dtype": "bf16", "Outcome": "refused"}, 1),
         ("tscpu_accuracy_gate_total", {"ModelName": "tiny", "Pipeline": "eager[eager]",

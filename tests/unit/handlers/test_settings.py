@@ -76,7 +76,7 @@ def test_every_mistake_is_named_at_once_with_a_did_you_mean() -> None:
                         "topk": 2})
     assert caught.value.problems == (
         "handler.toopk: unknown key; did you mean topk?; keys are " + ", ".join(HANDLER_KEYS),
-        "handler.dtype: 'bf61' is not one of fp32, bf16, int8; did you mean bf16?",
+        "handler.dtype: 'bf61' is not one of fp32, bf16, int8, auto; did you mean bf16?",
         "handler.response: 'stok' is not one of stock, detailed; did you mean stock?",
         "handler.task: 'tensr' is not one of image_classification, text_classification, "
         "text_embedding, tensor; did you mean tensor?",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -303,7 +304,25 @@ def test_with_nothing_of_its_own_left_a_worker_stays_on_its_node(xeon: Topology)
 
 
 def test_a_layout_of_no_blocks_is_an_error_not_an_empty_seat(xeon: Topology) -> None:
-    """Only reachable through options_of (the parser refuses --ninstances 0)."""
+    """Not reachable from a config (the parser refuses --ninstances 0): options set by hand."""
+    pool = pool_of(xeon)
+    object.__setattr__(pool, "options", LauncherOptions(ninstances=0))
     with pytest.raises(LauncherError, match="^no core block can be planned for these workers$"):
-        assign(xeon, [Demand((1, 0), "m", pool_of(xeon), 0)],
-               options_of=lambda pool: LauncherOptions(ninstances=0))
+        assign(xeon, [Demand((1, 0), "m", pool, 0)])
+
+
+def test_a_models_workers_take_different_cores_before_sharing_one(two_core: Topology) -> None:
+    """Issue 18: 2 -> 1 -> 2 on a 2-core machine beside a worker of another model: the
+    re-scaled worker shares the other model's core, not its sibling's."""
+    pool = pool_of(two_core)
+    first_a = Demand((1, 0), "a", pool, 0, holding=(0,), home=(0,))
+    b = Demand((2, 0), "b", pool, 1, holding=(1,), home=(1,))
+    second_a = Demand((3, 0), "a", pool, 2)  # the scale back up
+    seats = assign(two_core, [first_a, b, second_a]).seats
+    assert seats[(1, 0)].block.cpus != seats[(3, 0)].block.cpus
+    assert seats[(1, 0)].block.cpus == (0,) and seats[(3, 0)].block.cpus == (1,)
+    assert seats[(2, 0)].shared_with == ((3, 0),) and seats[(1, 0)].shared_with == ()
+    # whatever the order of arrival, the two workers of `a` never share while `b` sits alone
+    for order in ([b, first_a, second_a], [first_a, second_a, b]):
+        placed = assign(two_core, [replace(d, seq=i) for i, d in enumerate(order)]).seats
+        assert placed[(1, 0)].block.cpus != placed[(3, 0)].block.cpus

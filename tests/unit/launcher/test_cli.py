@@ -41,14 +41,38 @@ def test_plan_from_a_ts_config(tmp_path: Path, capsys: pytest.CaptureFixture[str
     [
         (["--workers", "4", "--launcher-args=--bogus"], "--bogus"),
         (["--workers", "57"], "57 workers"),
-        ([], "--workers N or --ts-config"),
+        # no --workers and no config where TorchServe would look: which file, and the fixes
+        ([], "no TorchServe config: looked for {cwd}/config.properties"),
     ],
 )
 def test_errors_exit_2_with_the_message(
-    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TS_CONFIG_FILE", raising=False)
     assert main(["plan", "--topology-file", str(XEON), *argv]) == 2
-    assert message in capsys.readouterr().err
+    assert message.format(cwd=tmp_path) in capsys.readouterr().err
+
+
+def test_plan_without_arguments_reads_config_properties_here(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 18: no models at start still plans what default_workers_per_model gives a model
+    registered later; models at start are named per worker."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TS_CONFIG_FILE", raising=False)
+    (tmp_path / "config.properties").write_text(
+        "cpu_launcher_enable=true\ndefault_workers_per_model=2\n")
+    assert main(["plan", "--topology-file", str(XEON)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["worker", "model", "node", "threads", "cpus"]
+    assert [line.split()[1:3] for line in table[1:3]] == [["(registered", "later)"]] * 2
+    (tmp_path / "a").mkdir()  # an exploded archive: defaults apply
+    (tmp_path / "config.properties").write_text(
+        f"default_workers_per_model=2\nmodel_store={tmp_path}\nload_models=a\n")
+    assert main(["plan", "--topology-file", str(XEON)]) == 0
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()[1:3]] == ["a", "a"]
 
 
 def test_metrics_config_path_prints_the_shipped_metrics_yaml(

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from torchserve_cpu.launcher.doctor import WorkerReport, problems
+from torchserve_cpu.launcher.doctor import Report, WorkerReport, problems, render, sharing_notes
 from torchserve_cpu.launcher.host.lscpu import read_lscpu
 from torchserve_cpu.launcher.host.procfs import (
     allowed_cpus,
@@ -21,8 +22,10 @@ from torchserve_cpu.launcher.host.procfs import (
     thread_ids,
 )
 from torchserve_cpu.launcher.host.sysroot import SysRoot
+from torchserve_cpu.launcher.planning import Pool
 from torchserve_cpu.launcher.planning.allocators import ALLOCATORS, mapped_allocator
 from torchserve_cpu.launcher.torchserve.processes import FRONTEND_CLASS, frontend_of
+from torchserve_cpu.launcher.torchserve.registry import Entry
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "topologies"
 SAVED = SysRoot(DATA.parent)  # proc/4242: a worker's /proc entry, proc/cpuinfo
@@ -127,3 +130,26 @@ def test_doctor_flags_overlap_smt_cross_node_and_threads() -> None:
     assert "pids 1 and 3 share SMT siblings" in text
     assert "pid 4: CPUs 27-28 span nodes (0, 1)" in text
     assert "pid 5: 4 threads on 1 physical cores" in text
+
+
+def test_sharing_the_registry_arranged_is_a_note_overlap_it_did_not_is_a_problem() -> None:
+    xeon = read_lscpu(DATA / "xeon-8180m-2s.lscpu")
+    shared = Pool(tuple(range(112)), None, "")  # --oversubscribe share: the default
+    refused = Pool(tuple(range(112)), None, "--oversubscribe refuse")
+    workers = [report(1, (0,), 1, (0,)), report(2, (0,), 1, (0,))]
+    seated = {1: Entry(1, 0, "m", 1, 0, shared, cpus=(0,), shared_with=(2,)),
+              2: Entry(2, 0, "m", 1, 1, shared, cpus=(0,), shared_with=(1,))}
+    assert problems(workers, xeon, seated) == []
+    assert sharing_notes(workers, seated) == [
+        "pids 1 (m) and 2 (m) share CPUs 0: more workers than core blocks, shared as "
+        "--oversubscribe share (the default) allows"]
+    # the same overlap without the registry's say-so (or against --oversubscribe refuse)
+    for entries in ({}, {1: replace(seated[1], pool=refused)}):
+        assert [p for p in problems(workers, xeon, entries) if "overlap on CPUs 0" in p]
+        assert sharing_notes(workers, entries) == []
+
+
+def test_doctor_shows_whole_model_names() -> None:
+    long = replace(report(1, (0,), 1, (0,)), model="tinyconv_compiled_bf16")
+    text = render(Report((long,), ()))
+    assert "tinyconv_compiled_bf16 " in text and "no problems found" in text

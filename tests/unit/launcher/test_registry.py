@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import stat
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,11 @@ from torchserve_cpu.launcher.host.topology import Cpu, Topology
 from torchserve_cpu.launcher.planning.balance import Pool
 from torchserve_cpu.launcher.torchserve.registry import (
     REGISTRY_ENV,
+    Entry,
     Registry,
     default_directory,
     read_entries,
+    sharing_note,
 )
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "topologies"
@@ -114,10 +117,11 @@ def test_the_directory_is_the_variable_else_dev_shm_else_tmp(monkeypatch, tmp_pa
     monkeypatch.setenv(REGISTRY_ENV, str(tmp_path))
     assert default_directory() == tmp_path
     monkeypatch.delenv(REGISTRY_ENV)
+    own = f"torchserve-cpu-{os.getuid()}"  # the serving user's own directory
     if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK):
-        assert default_directory() == Path("/dev/shm")
+        assert default_directory() == Path("/dev/shm") / own
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # a read-only /dev/shm
-    assert default_directory() == Path(tempfile.gettempdir())
+    assert default_directory() == Path(tempfile.gettempdir()) / own
 
 
 def test_the_file_keeps_every_field(tmp_path: Path) -> None:
@@ -144,15 +148,16 @@ def test_a_file_from_before_home_and_notes_is_still_read(tmp_path: Path) -> None
     assert (entry.key, entry.cpus, entry.home) == ((10, 1), (0, 1), ())
 
 
-def test_the_file_is_writable_by_every_user_and_written_beside_itself(
+def test_a_shared_directory_gets_group_writable_files_written_beside_themselves(
     tmp_path: Path, monkeypatch
 ) -> None:
-    """One registry for every TorchServe on the host, whoever runs it; os.replace is atomic
-    only inside one file system, so the temporary copy is made next to the file."""
+    """A directory the user chose ($TSCPU_REGISTRY_DIR) is shared on purpose: its files are
+    0660 (a group may share it; never every user, issue 18); os.replace is atomic only
+    inside one file system, so the temporary copy is made next to the file."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmp"))
     registry = Registry(machine(2), tmp_path / "shared", alive=lambda pid, started: True)
     registry.join(10, 1, "a", 99, pool(2))
-    assert stat.S_IMODE(registry.path.stat().st_mode) == 0o666
+    assert stat.S_IMODE(registry.path.stat().st_mode) == 0o660
     assert [p.name for p in registry.path.parent.iterdir() if p.name.startswith(".registry")] == []
 
 
@@ -218,3 +223,21 @@ def test_simultaneous_workers_end_up_on_disjoint_cores(tmp_path: Path) -> None:
     flat = [cpu for cpus in seats for cpu in cpus]
     assert len(flat) == len(set(flat)) == 12  # one core each, none twice
     assert read_entries(tmp_path) == ()  # all of them have exited: nothing is held
+
+
+def test_a_sharing_note_names_model_and_instance_and_the_fix_that_helps() -> None:
+    shared = pool(2)
+    me = Entry(10, 1, "tinyconv", 99, 0, shared, cpus=(0,), shared_with=(11, 12))
+    same = Entry(11, 1, "resnet", 99, 1, shared, cpus=(0,))
+    other = Entry(12, 1, "bert", 77, 2, shared, cpus=(0,))
+    note = sharing_note(me, (me, same, other))
+    assert note == (
+        "tinyconv worker 10 shares cores 0 with resnet worker 11 (this TorchServe), bert "
+        "worker 12 of the TorchServe with pid 77: another TorchServe on this host draws from "
+        "the same cores: give each its own CPUs (a cpuset or taskset per instance), or fewer "
+        "workers in total")
+    alone = sharing_note(replace(me, shared_with=(11,)), (me, same, other))
+    assert alone is not None and alone.endswith("more workers than core blocks: lower "
+                                                "minWorkers / default_workers_per_model, or "
+                                                "give it more CPUs")
+    assert sharing_note(replace(me, shared_with=()), (me, same)) is None

@@ -11,8 +11,8 @@ import pytest
 from torchserve_cpu.launcher.host.sysroot import SysRoot
 from torchserve_cpu.launcher.planning.options import parse_launcher_args
 from torchserve_cpu.launcher.torchserve import apply, worker
-from torchserve_cpu.launcher.torchserve.registry import Registry
-from torchserve_cpu.launcher.torchserve.worker import PinnedWorker
+from torchserve_cpu.launcher.torchserve.registry import Entry, Registry
+from torchserve_cpu.launcher.torchserve.worker import PinnedWorker, SeatChange, seat_change
 
 from .test_registry import machine, pool
 
@@ -72,3 +72,42 @@ def test_a_worker_swept_by_mistake_rejoins(tmp_path: Path, applied: list[int]) -
     registry.leave(ME)  # the file was removed or rewritten by mistake; the parent lives
     seat.refresh()
     assert [e.key for e in registry.read().entries] == [ME]
+
+
+# -- the decision alone ---------------------------------------------------------------------
+
+
+def seat(cpus: tuple[int, ...] = (), threads: int = 0, node: int | None = 0) -> Entry:
+    return Entry(10, 1, "a", 99, 0, pool(2), cpus=cpus, node=node, threads=threads)
+
+
+@pytest.mark.parametrize(("applied", "threads_applied", "new", "inference", "expected"), [
+    # first seat: pin and set threads, nothing to log as a move
+    (seat(), 0, seat((0, 1), 2), True, SeatChange(repin=True, rethread=True, moved=False)),
+    # unchanged: nothing
+    (seat((0, 1), 2), 2, seat((0, 1), 2), True, SeatChange(False, False, False)),
+    # shrunk by a newcomer: re-pin, threads follow on the inference thread only
+    (seat((0, 1), 2), 2, seat((0,), 1), True, SeatChange(True, True, True)),
+    (seat((0, 1), 2), 2, seat((0,), 1), False, SeatChange(True, False, True)),
+    # same cores, threads not applied yet (the watcher moved it): the next batch sets them
+    (seat((0,), 1), 2, seat((0,), 1), True, SeatChange(False, True, False)),
+    # same cores, another node's memory
+    (seat((0,), 1, node=0), 1, seat((0,), 1, node=1), True, SeatChange(False, True, False)),
+])
+def test_seat_change(applied: Entry, threads_applied: int, new: Entry, inference: bool,
+                     expected: SeatChange) -> None:
+    assert seat_change(applied, threads_applied, new, inference) == expected
+
+
+def test_a_seat_moved_while_idle_shows_its_new_cores_and_threads_at_once(
+        tmp_path: Path, applied: list[int]) -> None:
+    """Issue 18: the placement metric read Cores="0" with value 2 until the next batch; it
+    now changes with the seat, as the threads the next batch applies first."""
+    registry, pinned = seated(tmp_path)
+    heard: list[tuple[tuple[int, ...], int]] = []
+    pinned.on_placement(lambda placement: heard.append((placement.cpus, placement.threads)))
+    registry.join(11, 1, "b", 99, pool(2))  # a second worker: this one shrinks to one core
+    pinned._sync(inference_thread=False)  # the watcher thread's view: no threads applied
+    assert heard == [((0, 1), 2), ((0,), 1)] and applied == [2]
+    pinned.refresh()  # the next batch applies them
+    assert applied == [2, 1] and heard[-1] == ((0,), 1)
