@@ -82,11 +82,7 @@ class OptimizingHandler(BaseHandler):
         self.model_name = context.model_name  # type: ignore[attr-defined]
         self.pinned = self._pin_worker()
         self.metrics = worker_metrics(context, self.model_name)
-        try:
-            self._build()
-        except CONFIGURATION_ERRORS as error:
-            stop_for_configuration(Path(context.system_properties["model_dir"]),  # type: ignore[attr-defined]
-                                   self.model_name, error)
+        self._build()
         self._rebuild_if_threads_changed()  # a worker that joined meanwhile re-seated this one
         self.initialized = True
         self._report_ready(ready_record(self.model_name, self.served,
@@ -100,12 +96,16 @@ class OptimizingHandler(BaseHandler):
         if self.pinned is not None:
             self.pinned.refresh()
         yaml_config = getattr(self.context, "model_yaml_config", None) or {}
-        self.served = build_served_model(
-            Path(self.context.system_properties["model_dir"]),  # type: ignore[attr-defined]
-            self.context.manifest,  # type: ignore[attr-defined]
-            yaml_config.get("handler"),
-            pt2_section=yaml_config.get("pt2"),
-        )
+        model_dir = Path(self.context.system_properties["model_dir"])  # type: ignore[attr-defined]
+        try:
+            self.served = build_served_model(
+                model_dir,
+                self.context.manifest,  # type: ignore[attr-defined]
+                yaml_config.get("handler"),
+                pt2_section=yaml_config.get("pt2"),
+            )
+        except CONFIGURATION_ERRORS as error:  # the archive's mistake: no retry can succeed
+            stop_for_configuration(model_dir, self.model_name, error)
         # A model built ahead of time ran its serving code in its check: no warm-up.
         if not self.served.model.stage.ahead_of_time:
             for _ in range(self.served.settings.warmup_iterations):
