@@ -93,6 +93,18 @@ def read_config(folder: Path, manifest: Mapping[str, object],
     return config, str(path.name), []
 
 
+def handler_problems(folder: Path, handler: object) -> list[str]:
+    """An archive whose handler is not this package's serves what that handler does: what
+    is checked here would not be what runs."""
+    if not handler:
+        return []
+    path = folder / str(handler)
+    if path.is_file() and "torchserve_cpu" in path.read_text(errors="replace"):
+        return []
+    return [f"handler {handler} is not torchserve-cpu's handler, so this check does not say "
+            "what it serves; archive with --handler $(torchserve-cpu handler-path)"]
+
+
 def check_settings(config: Mapping[str, object]) -> tuple[HandlerSettings | None, list[str]]:
     try:
         return settings_from_sections(config.get("handler"), config.get("pt2")), []  # type: ignore[arg-type]
@@ -175,6 +187,7 @@ def check_folder(folder: Path, config_file: Path | None = None,
     manifest = read_manifest(folder, model_file, serialized_file)
     summary: dict[str, object] = {"handler": (manifest.get("model") or {}).get("handler")}
     config, config_name, problems = read_config(folder, manifest, config_file)
+    problems = handler_problems(folder, summary["handler"]) + problems
     summary["config"] = config_name
     settings, settings_problems = check_settings(config)
     problems += settings_problems

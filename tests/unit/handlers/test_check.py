@@ -29,9 +29,10 @@ def run_check(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str]:
 
 
 def write_mar(path: Path, files: dict[str, bytes], model_file: str | None = "model.py",
-              serialized: str | None = "weights.pt") -> Path:
+              serialized: str | None = "weights.pt", handler: str = "ipex_handler.py") -> Path:
     """A .mar as torch-model-archiver lays it out: the files and MAR-INF/MANIFEST.json."""
-    model = {"modelName": path.stem, "serializedFile": serialized, "handler": "ipex_handler.py",
+    files = {handler: HANDLER_FILE.read_bytes(), **files}
+    model = {"modelName": path.stem, "serializedFile": serialized, "handler": handler,
              "modelFile": model_file, "modelVersion": "1.0", "configFile": "model-config.yaml"}
     with zipfile.ZipFile(path, "w") as archive:
         for name, data in files.items():
@@ -173,3 +174,11 @@ def test_usage_mistakes_exit_2(argv: list[str], tmp_path: Path, capsys: pytest.C
     (tmp_path / "not-a-zip.mar").write_text("hello")
     code, out = run_check(capsys, *argv)
     assert code == 2 and out.startswith("error: "), out
+
+
+def test_an_archive_of_another_handler(tmp_path: Path) -> None:
+    report = check_path(write_mar(tmp_path / "stock.mar", {
+        "stock.py": b"from ts.torch_handler.image_classifier import ImageClassifier\n",
+        "model.py": TINY_MODEL.encode(), "weights.pt": state_bytes(TINY_MODEL, tmp_path),
+        "model-config.yaml": config(image_size=16, resize_size=16)}, handler="stock.py"))
+    assert report.problems[0].startswith("handler stock.py is not torchserve-cpu's handler")
