@@ -19,8 +19,7 @@ from pathlib import Path
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from torchserve_cpu.handlers.envelopes import request_headers
-from torchserve_cpu.handlers.optimizing_handler import request_payload
+from torchserve_cpu.handlers.envelopes import request_headers, request_payload
 from torchserve_cpu.handlers.served_model import build_served_model
 from torchserve_cpu.handlers.tasks import ModelInputs
 

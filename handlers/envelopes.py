@@ -1,4 +1,5 @@
-"""Which request each item handed to `handle` came from, with or without a service envelope.
+"""TorchServe's request rows and headers, and which request each item handed to `handle`
+came from, with or without a service envelope: the one place that reads them.
 
 Without an envelope TorchServe hands `handle` one row per request (ts/service.py,
 retrieve_data_for_inference): row i maps request i's parameter names ("body", form fields,
@@ -43,6 +44,57 @@ def request_headers(context: object) -> list[Mapping[str, object]]:
     return [processor.get_request_properties() for processor in processors]
 
 
+def header(headers: Sequence[Mapping[str, object]], request: int, name: str) -> str | None:
+    """A header of request `request`, whatever its case (TorchServe keeps what the client sent)."""
+    if not 0 <= request < len(headers):
+        return None
+    for key, value in headers[request].items():
+        if key.lower() == name:
+            return value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
+    return None
+
+
+PAYLOAD_NAMES = ("data", "body")  # a form's field named as in TorchServe's docs; a raw body
+
+
+def request_payload(row: Mapping[str, object],
+                    properties: Mapping[str, object]) -> tuple[object, str | None]:
+    """A request's payload and the content type that describes it, as TorchServe passes them.
+
+    A raw body is the parameter "body". A multipart/form-data upload (a browser form,
+    `curl -F data=@cat.jpg`) arrives already taken apart: one parameter per form field,
+    under the field's name, holding the file's bytes (a bytearray; a text/* part as str, an
+    application/json part parsed when it parses). Each parameter's own content type is in
+    the request's properties under its name, `{"data": {"content-type": "image/png"}}`: the
+    request's for a raw body, the part's for a form field (empty for a field without a
+    file), while the request's own Content-Type is multipart/form-data (seen on TorchServe
+    0.12; ts/service.py retrieve_data_for_inference).
+    """
+    name = next((name for name in PAYLOAD_NAMES if row.get(name) is not None), None)
+    if name is None:
+        fields = [name for name in row if name not in PAYLOAD_NAMES]
+        if not fields:
+            raise BadInput("empty request body")
+        raise BadInput(f"no form field named data (got {', '.join(fields)}): send the file as "
+                       "field data (curl -F data=@cat.jpg), or as the request body")
+    own = properties.get(name)
+    content_type = own.get("content-type") if isinstance(own, Mapping) else None
+    return row[name], str(content_type) if content_type else None
+
+
+def item_payload(item: object, index: int, origin: ItemOrigin | None,
+                 headers: Sequence[Mapping[str, object]], enveloped: bool,
+                 tensor_inputs: bool = False) -> tuple[object, str | None]:
+    """What to decode from item `index` of a batch and the content type describing it.
+
+    Without an envelope row i is request i; an envelope's instances come from its JSON,
+    so their type is the type of the request they came from."""
+    if enveloped:
+        content_type = header(headers, origin.request, "content-type") if origin else None
+        return instance_body(item, tensor_inputs), content_type
+    return request_payload(item, headers[index])  # type: ignore[arg-type]
+
+
 def is_request_row(row: object, headers: Mapping[str, object]) -> bool:
     """Whether `row` is a request as TorchServe builds it: a dict of its parameters."""
     return isinstance(row, dict) and bool(row) and all(name in headers for name in row)
@@ -77,16 +129,19 @@ def instance_label(position: int, item: object) -> str:
     return f"instances[{position}]"
 
 
-def instance_body(item: object) -> object:
+def instance_body(item: object, tensor_inputs: bool = False) -> object:
     """What to decode from an envelope's item; BadInput where the envelope dropped data.
 
     kservev2.py passes a BYTES input on with `data` cut to its first element and other
-    datatypes reshaped to nested lists; this handler decodes one image or text per input.
+    datatypes reshaped to nested lists. The image and text tasks decode one image or text
+    per BYTES input; a task with `tensor_inputs` (tensor) reads the other inputs whole.
     """
     if item is None:
         raise BadInput("empty instance")
     if not (isinstance(item, dict) and "datatype" in item):
         return item  # kserve v1 instance: a JSON value ({"data": ...}, a string, ...)
+    if tensor_inputs:
+        return item
     if item["datatype"] != "BYTES":
         raise BadInput(f"datatype {item['datatype']}: send BYTES (a base64 image or UTF-8 text)")
     shape = item.get("shape")

@@ -2,7 +2,7 @@
 
 TorchServe instantiates the one class defined in this file. Everything it does lives in
 the installed `torchserve_cpu.handlers` package; model-config.yaml's `handler:` section
-picks the task (image_classification, text_classification, text_embedding) and the
+picks the task (image_classification, text_classification, text_embedding, tensor) and the
 optimization (IPEX when it imports and matches torch, else native PyTorch).
 """
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import sys
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -28,9 +29,9 @@ from torchserve_cpu.handlers.envelopes import (
     ItemOrigin,
     came_through_envelope,
     check_answerable,
-    instance_body,
     instance_label,
     item_origins,
+    item_payload,
     request_errors,
     request_headers,
 )
@@ -42,6 +43,7 @@ from torchserve_cpu.handlers.metrics import (
     WorkerMetrics,
     worker_metrics,
 )
+from torchserve_cpu.handlers.open_inference import OpenInferenceResponse
 from torchserve_cpu.handlers.optimize import Decision
 from torchserve_cpu.handlers.profiling import op_ranges, stage_range
 from torchserve_cpu.handlers.served_model import ServedModel, build_served_model
@@ -64,18 +66,7 @@ class DecodedBatch:
     origins: list[ItemOrigin] | None = None  # None: an envelope merged several requests
     count: int = 0  # items, good and bad
     outputs: torch.Tensor | None = None
-
-
-def header(context: object, request: int, name: str) -> str | None:
-    """A header of request `request`, whatever its case (TorchServe keeps what the client sent)."""
-    try:
-        properties = request_headers(context)[request]
-    except IndexError:
-        return None
-    for key, value in properties.items():
-        if key.lower() == name:
-            return value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
-    return None
+    samples: list = field(default_factory=list)  # the good items as decoded (how they asked)
 
 
 class OptimizingHandler(BaseHandler):
@@ -106,12 +97,16 @@ class OptimizingHandler(BaseHandler):
         if self.pinned is not None:
             self.pinned.refresh()
         yaml_config = getattr(self.context, "model_yaml_config", None) or {}
-        self.served = build_served_model(
-            Path(self.context.system_properties["model_dir"]),  # type: ignore[attr-defined]
-            self.context.manifest,  # type: ignore[attr-defined]
-            yaml_config.get("handler"),
-            pt2_section=yaml_config.get("pt2"),
-        )
+        model_dir = Path(self.context.system_properties["model_dir"])  # type: ignore[attr-defined]
+        try:
+            self.served = build_served_model(
+                model_dir,
+                self.context.manifest,  # type: ignore[attr-defined]
+                yaml_config.get("handler"),
+                pt2_section=yaml_config.get("pt2"),
+            )
+        except CONFIGURATION_ERRORS as error:  # the archive's mistake: no retry can succeed
+            stop_for_configuration(model_dir, self.model_name, error)
         # A model built ahead of time ran its serving code in its check: no warm-up.
         if not self.served.model.stage.ahead_of_time:
             for _ in range(self.served.settings.warmup_iterations):
@@ -175,12 +170,8 @@ class OptimizingHandler(BaseHandler):
         for index, item in enumerate(items):
             origin = origins[index] if origins else None
             try:
-                if enveloped:  # instances of the envelope's JSON: the request's type is theirs
-                    body = instance_body(item)
-                    content_type = header(self.context, origin.request, "content-type") \
-                        if origin else None
-                else:  # row i is request i
-                    body, content_type = request_payload(item, headers[index])
+                body, content_type = item_payload(item, index, origin, headers, enveloped,
+                                                  task.tensor_inputs)
                 samples.append(task.decode(body, content_type))
                 indices.append(index)
             except BadInput as error:
@@ -189,7 +180,7 @@ class OptimizingHandler(BaseHandler):
                     error = BadInput(f"{label}: {error.message}", error.status)
                 errors[index] = error
         inputs = task.collate(samples) if samples else None
-        return DecodedBatch(inputs, indices, errors, origins, len(items))
+        return DecodedBatch(inputs, indices, errors, origins, len(items), samples=samples)
 
     def inference(self, batch: DecodedBatch) -> DecodedBatch:  # type: ignore[override]
         """The good items through the model, as one batch."""
@@ -214,18 +205,69 @@ class OptimizingHandler(BaseHandler):
         if batch.outputs is not None:
             with stage_range(f"{self.model_name}.postprocess", self.served.settings.itt_ranges), \
                     self.metrics.stage(POSTPROCESS):
-                for index, answer in zip(batch.indices, self.served.task.answer(batch.outputs)):
-                    answers[index] = answer
+                for index, answer in zip(batch.indices,
+                                         self.served.task.answer(batch.outputs, batch.samples)):
+                    answers[index] = self._completed(answer)
         for index, error in batch.errors.items():
             answers[index] = {"error": error.message, "status": error.status}
         for request, error in request_errors(batch.errors, batch.origins).items():
             self.context.set_response_status(error.status, error.message, request)  # type: ignore[union-attr]
         return answers
 
+    def _completed(self, answer: object) -> object:
+        """An Open Inference Protocol response gets the model's name and version."""
+        if isinstance(answer, OpenInferenceResponse):
+            model = self.context.manifest.get("model", {})  # type: ignore[attr-defined]
+            version = {"model_version": model["modelVersion"]} if model.get("modelVersion") \
+                else {}
+            answer = OpenInferenceResponse(model_name=self.model_name, **version, **answer)
+        return answer
+
     def explain_handle(self, data_preprocess: DecodedBatch, raw_data: list) -> list[object]:
         """TorchServe's explanations (Captum) need gradients through the eager model, which
         the optimized graph does not keep: an explanation request gets the prediction."""
         return self.postprocess(self.inference(data_preprocess))
+
+
+#: what a wrong archive or model-config.yaml raises at load (settings, task, model file,
+#: weights, a model that does not run on the task's example): no retry can succeed
+CONFIGURATION_ERRORS = (ValueError, pickle.UnpicklingError, FileNotFoundError)
+CONFIGURATION_MARKER = ".tscpu-configuration-error"
+LOG_DRAIN_S = 2.0  # how long a worker that logged its mistake waits before it exits
+
+
+def stop_for_configuration(model_dir: Path, model_name: str, error: Exception) -> None:
+    """End this worker on a configuration mistake: one log line naming it, not a traceback.
+
+    TorchServe restarts a failed worker forever, each in a new process, and logs every
+    failure's traceback; the mistake is logged once per model directory (a marker holds
+    the message; a different mistake is logged again), and the worker exits with status 1
+    as TorchServe's own failure path does (ts/model_service_worker.py), without a trace.
+    """
+    message = str(error).replace("\n", "; ")
+    marker = model_dir / CONFIGURATION_MARKER
+    try:
+        seen = marker.read_text() == message
+    except OSError:
+        seen = False
+    if not seen:
+        log.error("model %s cannot start, fix its archive: %s (`torchserve-cpu check "
+                  "ARCHIVE.mar` lists every problem; TorchServe retries this worker, "
+                  "this is logged once)", model_name, message)
+        try:
+            marker.write_text(message)
+        except OSError:
+            pass  # a read-only model dir: logged on every retry, still without a trace
+        # The frontend stops reading a worker's output once the worker's socket closes
+        # (WorkerLifeCycle terminates its reader threads): a line it has not read yet is
+        # lost (seen on a loaded 2-core machine: one of four bad archives never showed its
+        # line, with the buffers flushed). Flush, then give the reader time.
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        time.sleep(LOG_DRAIN_S)
+    raise SystemExit(1)
 
 
 def ready_record(model_name: str, served: ServedModel, load_s: float,
@@ -265,31 +307,3 @@ def cpu_summary(cpu: CpuFacts) -> dict[str, object]:
     found = capabilities(cpu)
     return {"model": cpu.model, "arch": cpu.arch, "bf16": list(found.bf16_flags),
             "int8_dot": list(found.int8_dot_flags), "int8_7bit": found.int8_saturating}
-
-
-PAYLOAD_NAMES = ("data", "body")  # a form's field named as in TorchServe's docs; a raw body
-
-
-def request_payload(row: Mapping[str, object],
-                    properties: Mapping[str, object]) -> tuple[object, str | None]:
-    """A request's payload and the content type that describes it, as TorchServe passes them.
-
-    A raw body is the parameter "body". A multipart/form-data upload (a browser form,
-    `curl -F data=@cat.jpg`) arrives already taken apart: one parameter per form field,
-    under the field's name, holding the file's bytes (a bytearray; a text/* part as str, an
-    application/json part parsed when it parses). Each parameter's own content type is in
-    the request's properties under its name, `{"data": {"content-type": "image/png"}}`: the
-    request's for a raw body, the part's for a form field (empty for a field without a
-    file), while the request's own Content-Type is multipart/form-data (seen on TorchServe
-    0.12; ts/service.py retrieve_data_for_inference).
-    """
-    name = next((name for name in PAYLOAD_NAMES if row.get(name) is not None), None)
-    if name is None:
-        fields = [name for name in row if name not in PAYLOAD_NAMES]
-        if not fields:
-            raise BadInput("empty request body")
-        raise BadInput(f"no form field named data (got {', '.join(fields)}): send the file as "
-                       "field data (curl -F data=@cat.jpg), or as the request body")
-    own = properties.get(name)
-    content_type = own.get("content-type") if isinstance(own, Mapping) else None
-    return row[name], str(content_type) if content_type else None

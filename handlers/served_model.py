@@ -20,6 +20,7 @@ from torchserve_cpu.handlers.loading import load_model
 from torchserve_cpu.handlers.model_config import settings_from_sections
 from torchserve_cpu.handlers.optimize import (
     Decision,
+    ExampleInputError,
     IpexStatus,
     Optimized,
     check_inputs,
@@ -28,7 +29,7 @@ from torchserve_cpu.handlers.optimize import (
     probe_ipex,
 )
 from torchserve_cpu.handlers.settings import HandlerSettings
-from torchserve_cpu.handlers.tasks import ModelInputs, Task, make_task
+from torchserve_cpu.handlers.tasks import ModelInputs, Task, describe_example, make_task
 from torchserve_cpu.launcher.host import CpuFacts, this_cpu
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class ServedModel:
     example: ModelInputs  # the inputs the model was built and checked on
     precision: Decision  # what this CPU runs of the requested dtype, and why
     cpu: CpuFacts  # the facts that decision read
+    warnings: tuple[str, ...] = ()  # what the task found wrong with the archive (labels)
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         return self.model(*inputs)
@@ -83,6 +85,15 @@ def build_served_model(
     decision = decide(settings.dtype, cpu)  # microseconds: nothing is built for a refusal
     if decision.served.dtype != settings.dtype and settings.dtype != "auto":
         log.warning("precision: %s", decision.served.reason)
-    model = optimize(lambda: load_model(model_dir, dict(manifest)), example, settings, ipex,
-                     task.classifies, model_dir, check=check, decision=decision)
-    return ServedModel(settings, task, model, ipex, example, decision, cpu)
+    try:
+        model = optimize(lambda: load_model(model_dir, dict(manifest)), example, settings,
+                         ipex, task.classifies, model_dir, check=check, decision=decision)
+    except ExampleInputError as error:
+        raise ExampleInputError(f"{error}; {describe_example(settings, example)}") from None
+    warnings: list[str] = []
+    if task.classifies:  # one call: the classes the model really has
+        with torch.no_grad():
+            warnings = task.output_problems(model(*example))
+    for warning in warnings:
+        log.warning("%s", warning)
+    return ServedModel(settings, task, model, ipex, example, decision, cpu, tuple(warnings))

@@ -9,11 +9,19 @@ so the names come in as a `Vocabulary` (handlers.model_config passes the real on
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 
 DTYPES = ("fp32", "bf16", "int8", "auto")  # auto: the fastest this CPU runs that passes
+#: `stock`: TorchServe's own answer ({label: probability}, ts/utils/util.py
+#: map_class_to_label), so clients of image_classifier / text_classifier keep working;
+#: `detailed`: index, label and probability (image), or label, logits, probabilities (text)
+RESPONSES = ("stock", "detailed")
+#: `handler.input_dtype` of the tensor task (torch's names)
+INPUT_DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16",
+                "int8", "uint8", "bool")
 # ImageNet's per-channel mean and std (torchvision's 0.485, ... and 0.229, ... times 255)
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -51,6 +59,10 @@ class HandlerSettings:
     example_batch_size: int = 1
     warmup_iterations: int = 3
     topk: int = 5
+    response: str = "stock"  # RESPONSES
+    # tensor: one item's shape without the batch dimension, and its dtype
+    input_shape: tuple[int, ...] | None = None
+    input_dtype: str = "float32"
     # image
     image_size: int = 224
     resize_size: int = 256
@@ -78,9 +90,16 @@ class HandlerSettings:
         default_factory=lambda: MappingProxyType({}))
 
 
+def did_you_mean(word: object, choices: Iterable[str]) -> str:
+    """`; did you mean X?` for a near miss of one of `choices`, else ''."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
 def _check_choice(key: str, value: object, choices: tuple[str, ...]) -> str:
     if value not in choices:
-        raise ValueError(f"handler.{key}: {value!r} is not one of {', '.join(choices)}")
+        raise ValueError(f"handler.{key}: {value!r} is not one of {', '.join(choices)}"
+                         + did_you_mean(value, choices))
     return str(value)
 
 
@@ -125,7 +144,7 @@ def _check_optimize(value: object, vocabulary: Vocabulary) -> tuple[str, ...] | 
         if unknown:
             raise ValueError(
                 f"handler.optimize: unknown step(s) {unknown}; steps are "
-                f"{', '.join(vocabulary.steps)}"
+                f"{', '.join(vocabulary.steps)}" + did_you_mean(unknown[0], vocabulary.steps)
             )
         return tuple(value)
     raise ValueError(
@@ -143,6 +162,7 @@ def _parse_gate(value: object) -> GateThresholds:
         if key not in known:
             raise ValueError(
                 f"handler.accuracy_gate.{key}: unknown key; keys are {', '.join(known)}"
+                + did_you_mean(key, known)
             )
         if key == "topk":
             parsed[key] = _check_int(f"accuracy_gate.{key}", raw, 1)
@@ -165,45 +185,79 @@ _INT_KEYS = {
 }
 _BOOL_KEYS = ("itt_ranges", "emit_itt")
 _CHANNEL_KEYS = ("mean", "std")
+_CHOICE_KEYS = {"dtype": DTYPES, "truncation": TRUNCATION, "response": RESPONSES,
+                "input_dtype": INPUT_DTYPES}
+#: every key `handler:` takes
+HANDLER_KEYS = tuple(sorted([*_INT_KEYS, *_BOOL_KEYS, *_CHANNEL_KEYS, *_CHOICE_KEYS, "task",
+                             "optimize", "accuracy_gate", "channels_last", "calibration",
+                             "input_shape"]))
+
+
+def _check_input_shape(value: object) -> tuple[int, ...]:
+    if not (isinstance(value, list) and value and all(
+            isinstance(side, int) and not isinstance(side, bool) and side > 0
+            for side in value)):
+        raise ValueError(f"handler.input_shape: expected the shape of one input without the "
+                         f"batch dimension, a list of positive integers such as [8], got {value!r}")
+    return tuple(value)
+
+
+def _check_value(key: str, raw: object, vocabulary: Vocabulary) -> tuple[str, object]:
+    """(settings field, checked value) of one `handler:` entry; ValueError naming the key."""
+    if key == "task":
+        return key, _check_choice("task", raw, vocabulary.tasks)
+    if key == "optimize":
+        return key, _check_optimize(raw, vocabulary)
+    if key in _CHOICE_KEYS:
+        return key, _check_choice(key, raw, _CHOICE_KEYS[key])
+    if key == "accuracy_gate":
+        return "gate", GATE_OFF if raw is False else _parse_gate(raw)
+    if key in _INT_KEYS:
+        return key, _check_int(key, raw, _INT_KEYS[key])
+    if key in _BOOL_KEYS:
+        return key, _check_bool(key, raw)
+    if key in _CHANNEL_KEYS:
+        return key, _check_channels(key, raw)
+    if key == "input_shape":
+        return key, _check_input_shape(raw)
+    if key == "calibration":
+        if not isinstance(raw, str) or not raw:
+            raise ValueError(f"handler.calibration: expected a path in the archive, got {raw!r}")
+        return key, raw
+    if key == "channels_last":
+        return key, None if raw in (None, "auto") else _check_bool(key, raw)
+    raise ValueError(f"handler.{key}: unknown key{did_you_mean(key, HANDLER_KEYS)}; keys are "
+                     f"{', '.join(HANDLER_KEYS)}")
+
+
+class SettingsError(ValueError):
+    """Every mistake of a `handler:` section, one per line; `problems` lists them."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = tuple(problems)
 
 
 def parse_handler_section(section: Mapping[str, object] | None,
                           vocabulary: Vocabulary) -> HandlerSettings:
-    """Checked settings from model-config.yaml's `handler:` mapping (None: all defaults)."""
+    """Checked settings from model-config.yaml's `handler:` mapping (None: all defaults).
+
+    Every key is checked, so one start-up (or `torchserve-cpu check`) names all mistakes."""
     if section is None:
         return HandlerSettings()
     if not isinstance(section, Mapping):
-        raise ValueError(f"handler: expected a mapping in model-config.yaml, got {section!r}")
+        raise SettingsError([f"handler: expected a mapping in model-config.yaml, got {section!r}"])
     values: dict[str, object] = {}
+    problems = []
     for key, raw in section.items():
-        if key == "task":
-            values[key] = _check_choice("task", raw, vocabulary.tasks)
-        elif key == "optimize":
-            values[key] = _check_optimize(raw, vocabulary)
-        elif key == "dtype":
-            values[key] = _check_choice(key, raw, DTYPES)
-        elif key == "truncation":
-            values[key] = _check_choice(key, raw, TRUNCATION)
-        elif key == "accuracy_gate":
-            values["gate"] = GATE_OFF if raw is False else _parse_gate(raw)
-        elif key in _INT_KEYS:
-            values[key] = _check_int(key, raw, _INT_KEYS[key])
-        elif key in _BOOL_KEYS:
-            values[key] = _check_bool(key, raw)
-        elif key in _CHANNEL_KEYS:
-            values[key] = _check_channels(key, raw)
-        elif key == "calibration":
-            if not isinstance(raw, str) or not raw:
-                raise ValueError(f"handler.calibration: expected a path in the archive, "
-                                 f"got {raw!r}")
-            values[key] = raw
-        elif key == "channels_last":
-            values[key] = None if raw in (None, "auto") else _check_bool(key, raw)
-        else:
-            known = sorted([*_INT_KEYS, *_BOOL_KEYS, *_CHANNEL_KEYS, "task", "optimize", "dtype",
-                            "truncation", "accuracy_gate", "channels_last", "calibration"])
-            raise ValueError(f"handler.{key}: unknown key; keys are {', '.join(known)}")
+        try:
+            name, value = _check_value(str(key), raw, vocabulary)
+            values[name] = value
+        except ValueError as error:
+            problems.append(str(error))
+    if problems:
+        raise SettingsError(problems)
     settings = HandlerSettings(**values)  # type: ignore[arg-type]
     if settings.resize_size < settings.image_size:
-        raise ValueError("handler.resize_size: must be >= handler.image_size")
+        raise SettingsError(["handler.resize_size: must be >= handler.image_size"])
     return settings

@@ -1,7 +1,7 @@
 """The `torchserve-cpu` command, every entry point of the package as a subcommand.
 
 Exit codes (the only place exceptions become them): 0 done; 1 the command ran and found
-problems (`doctor`, `aot inspect`) or the work failed (TorchServe did not start, a build
+problems (`doctor`, `aot inspect`, `check`) or the work failed (TorchServe did not start, a build
 failed); 2 a usage or input mistake (a bad flag, config key or file), with a message naming it.
 Subcommands that need torch import it when they run: `plan` and `doctor` stay fast.
 """
@@ -81,6 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     serving.add_argument("--models", nargs="+", default=[])
     serving.set_defaults(torchserve_args=[])  # takes the arguments it does not know
     add_aot_commands(commands)
+    check = commands.add_parser(
+        "check", help="what a worker would make of an archive; exit 1 listing every problem",
+        description="Read an archive as TorchServe does, check its handler: keys, model file, "
+        "weights, task and labels, then build the served model once on this machine.")
+    check.add_argument("archive", type=Path,
+                       help="a .mar, an unpacked archive, or a model folder (then give "
+                       "--model-file and --serialized-file)")
+    check.add_argument("--config-file", type=Path, help="model-config.yaml (default: the "
+                       "archive's)")
+    check.add_argument("--model-file", help="the model file, in the folder")
+    check.add_argument("--serialized-file", help="the weights, in the folder")
     archives = commands.add_parser(
         "build-archives", help="build the demo model store's .mar files (the [demo] extra)")
     archives.add_argument("--models", nargs="+", help="default: all of them")
@@ -206,6 +217,17 @@ def run_aot(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_check(args: argparse.Namespace) -> int:
+    from torchserve_cpu.handlers.check import check_path, render
+
+    if args.config_file is not None and not args.config_file.is_file():
+        raise FileNotFoundError(f"--config-file {args.config_file}: no such file")
+    report = check_path(args.archive, args.config_file, args.model_file,
+                        args.serialized_file)
+    print(render(report, str(args.archive)))
+    return 1 if report.problems else 0
+
+
 def run_build_archives(args: argparse.Namespace) -> int:
     from torchserve_cpu.model_store.build import MODELS, build_archives
 
@@ -225,6 +247,7 @@ COMMANDS = {
     "handler-path": run_handler_path,
     "metrics-config-path": run_metrics_config_path,
     "aot": run_aot,
+    "check": run_check,
     "build-archives": run_build_archives,
 }
 

@@ -64,8 +64,8 @@ def serving(config: Path, model: str) -> Iterator[TorchServe]:
 
 def top_classes(body: bytes) -> str:
     """`Egyptian cat 0.38, tiger cat 0.38, ...` from a classifier's answer."""
-    return ", ".join(f"{entry['label']} {entry['probability']:.2f}"
-                     for entry in json.loads(body)["topk"])
+    return ", ".join(f"{label} {probability:.2f}"
+                     for label, probability in json.loads(body).items())
 
 
 def show(title: str, reply_status: int, body: bytes) -> None:

@@ -5,7 +5,9 @@ from torchserve_cpu.handlers.optimize.accuracy import CLASSIFIER_GATE, compare
 from torchserve_cpu.handlers.optimize.archive_inputs import check_inputs
 from torchserve_cpu.handlers.optimize.ipex_support import IpexStatus, probe_ipex
 from torchserve_cpu.handlers.optimize.optimizer import (
+    ExampleInputError,
     Optimized,
+    error_summary,
     optimize,
     plan_dtype,
     thresholds_for,
@@ -14,6 +16,7 @@ from torchserve_cpu.handlers.optimize.pipeline import PRESET_NAMES, STEPS, StepP
 from torchserve_cpu.handlers.optimize.precision import Decision, decide
 from torchserve_cpu.handlers.optimize.steps import prepare_inputs, wants_channels_last
 
-__all__ = ["CLASSIFIER_GATE", "PRESET_NAMES", "STEPS", "Decision", "IpexStatus", "Optimized",
-           "StepPlan", "check_inputs", "compare", "decide", "optimize", "plan_dtype",
-           "prepare_inputs", "probe_ipex", "thresholds_for", "wants_channels_last"]
+__all__ = ["CLASSIFIER_GATE", "PRESET_NAMES", "STEPS", "Decision", "ExampleInputError",
+           "IpexStatus", "Optimized", "StepPlan", "check_inputs", "compare", "decide",
+           "error_summary", "optimize", "plan_dtype", "prepare_inputs", "probe_ipex",
+           "thresholds_for", "wants_channels_last"]

@@ -133,6 +133,11 @@ def error_summary(error: Exception) -> str:
     return f"{type(error).__name__}: {text}"[:400]
 
 
+class ExampleInputError(ValueError):
+    """The eager model does not run on the example input: the archive's configuration
+    (task, input shape) does not fit the model, which no backend can fix."""
+
+
 class Eager:
     """The eager model and its fp32 output on the example, made on first use.
 
@@ -149,8 +154,12 @@ class Eager:
 
     @functools.cached_property
     def reference(self) -> torch.Tensor:
-        with torch.no_grad():
-            return self.model(*self.example).float()
+        try:
+            with torch.no_grad():
+                return self.model(*self.example).float()
+        except Exception as error:  # noqa: BLE001 - any failure of the user's forward
+            raise ExampleInputError(f"the model does not run on the example input: "
+                                    f"{error_summary(error)}") from error
 
 
 def checked_output(stage: Stage, example: ModelInputs) -> torch.Tensor:

@@ -1,4 +1,6 @@
-"""Image classification: JPEG/PNG bytes (or base64 in JSON) -> normalized tensor -> top-k.
+"""Image classification: JPEG/PNG bytes (or base64 in JSON) -> normalized tensor -> top-k,
+answered as TorchServe's image_classifier does (`{label: probability}`, highest first) or,
+with `handler.response: detailed`, as `{"topk": [{"index", "label", "probability"}]}`.
 
 Any image Pillow opens becomes upright 8-bit RGB first (handlers.tasks.pixels: EXIF
 orientation, 16-bit, transparency, CMYK). Pre-processing is a large share of a served
@@ -22,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from torchserve_cpu.handlers.errors import BadInput
 from torchserve_cpu.handlers.settings import HandlerSettings
-from torchserve_cpu.handlers.tasks.labels import read_labels
+from torchserve_cpu.handlers.tasks.labels import label, label_problem, read_labels, stock_answer
 from torchserve_cpu.handlers.tasks.pixels import upright_rgb
 
 IMAGE_TYPES = ("image/", "application/octet-stream", "application/json", "text/plain")
@@ -66,6 +68,7 @@ def center_crop_box(width: int, height: int, resize: int, crop: int) -> tuple[fl
 
 class ImageClassification:
     classifies = True
+    tensor_inputs = False
 
     def __init__(self, settings: HandlerSettings, model_dir: Path) -> None:
         self.settings = settings
@@ -115,12 +118,21 @@ class ImageClassification:
         size = self.settings.image_size
         return (torch.randn(batch_size, 3, size, size, generator=generator),)
 
-    def answer(self, output: torch.Tensor) -> list[object]:
+    def answer(self, output: torch.Tensor, samples: list | None = None) -> list[object]:
         probabilities = torch.softmax(output.float(), dim=1)
+        # TorchServe's topk fails on a model with fewer classes than k: here all of them
         k = min(self.settings.topk, probabilities.shape[1])
         top = probabilities.topk(k, dim=1)
+        rows = zip(top.values.tolist(), top.indices.tolist())
+        if self.settings.response == "stock":
+            return [stock_answer(values, indices, self.labels) for values, indices in rows]
         return [
-            {"topk": [{"index": int(i), "label": self.labels.get(int(i), str(int(i))),
-                       "probability": float(p)} for p, i in zip(values, indices)]}
-            for values, indices in zip(top.values, top.indices)
+            {"topk": [{"index": i, "label": label(self.labels, i), "probability": p}
+                      for p, i in zip(values, indices)]}
+            for values, indices in rows
         ]
+
+    def output_problems(self, output: torch.Tensor) -> list[str]:
+        """The labels file against the model's classes (a wrong size: a warning at load)."""
+        problem = label_problem(self.labels, int(output.shape[-1]))
+        return [problem] if problem else []

@@ -1,5 +1,9 @@
 """Text models: UTF-8 text (or JSON {"text": ...}) -> token ids -> logits or an embedding.
 
+Classification answers as TorchServe's text_classifier does, `{label: probability}` for
+every class in index order, or with `handler.response: detailed` as
+`{"label", "logits", "probabilities"}`; embeddings as `{"embedding": [...]}`.
+
 Sequences are padded to `max_length` so every batch has one shape: traced and compiled
 graphs then never meet a shape they were not built for.
 """
@@ -13,7 +17,7 @@ import torch
 
 from torchserve_cpu.handlers.errors import BadInput
 from torchserve_cpu.handlers.settings import HandlerSettings
-from torchserve_cpu.handlers.tasks.labels import read_labels
+from torchserve_cpu.handlers.tasks.labels import label, label_problem, read_labels, stock_answer
 
 TEXT_TYPES = ("text/", "application/json", "application/octet-stream")
 
@@ -53,6 +57,8 @@ def load_tokenizer(path: Path):
 
 
 class TextTask:
+    tensor_inputs = False
+
     def __init__(self, settings: HandlerSettings, model_dir: Path) -> None:
         self.settings = settings
         self.embeds = settings.task == "text_embedding"
@@ -92,13 +98,21 @@ class TextTask:
             samples.append(torch.randint(1000, vocab, (used,), generator=generator).tolist())
         return self.collate(samples)
 
-    def answer(self, output: torch.Tensor) -> list[object]:
+    def answer(self, output: torch.Tensor, samples: list | None = None) -> list[object]:
         if self.embeds:
             return [{"embedding": row.tolist()} for row in output.float()]
-        answers = []
-        for row in output.float():
-            index = int(row.argmax())
-            answers.append({"label": self.labels.get(index, str(index)),
-                            "logits": row.tolist(),
-                            "probabilities": torch.softmax(row, 0).tolist()})
+        answers: list[object] = []
+        logits = output.float()
+        for row, probabilities in zip(logits, torch.softmax(logits, dim=1).tolist()):
+            if self.settings.response == "stock":
+                answers.append(stock_answer(probabilities, list(range(len(probabilities))),
+                                            self.labels))
+                continue
+            answers.append({"label": label(self.labels, int(row.argmax())),
+                            "logits": row.tolist(), "probabilities": probabilities})
         return answers
+
+    def output_problems(self, output: torch.Tensor) -> list[str]:
+        """A classifier's labels file against its classes; nothing to check for embeddings."""
+        problem = None if self.embeds else label_problem(self.labels, int(output.shape[-1]))
+        return [problem] if problem else []

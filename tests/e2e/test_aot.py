@@ -51,7 +51,8 @@ def tiny_archives(work: Path, store: Path) -> None:
     then the same packages with records edited to claim what this host cannot run."""
     (work / "model.py").write_text(TINY_MODEL)
     (work / "model-config.yaml").write_text(
-        TINY_CONFIG.format(workers=1) + "  optimize: aot\n  aot_max_batch: 4\n")
+        TINY_CONFIG.format(workers=1)
+        + "  optimize: aot\n  aot_max_batch: 4\n  response: detailed\n")
     run = {"cwd": work, "check": True, "timeout": 600}
     subprocess.run([sys.executable, "-c", "import torch, model; torch.manual_seed(0); "
                     "torch.save(model.TinyConvNet().state_dict(), 'tiny.pt')"], **run)
@@ -82,7 +83,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("store")
     aot = {"optimize": "aot"}
     build_archive("resnet50", out, workers=1, batch_size=MAX_BATCH, max_batch_delay_ms=500,
-                  handler_overrides=aot)
+                  handler_overrides={**aot, "response": "detailed"})  # answers by index
     build_archive("minilm", out, workers=1, handler_overrides=aot)
     tiny_archives(tmp_path_factory.mktemp("tiny"), out)
     return out

@@ -188,7 +188,8 @@ class TestBadInput:
     def serving(self, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             tuple[server.TorchServe, dict[str, list[int]]]]:
         store = tmp_path_factory.mktemp("bad-input-store")
-        build_archive("resnet50", store, workers=1, batch_size=4, max_batch_delay_ms=300)
+        build_archive("resnet50", store, workers=1, batch_size=4, max_batch_delay_ms=300,
+                      handler_overrides={"response": "detailed"})  # answers by index
         build_archive("minilm", store, workers=1)
         build_archive("minilm", store, workers=1, archive_name="minilm_reject",
                       handler_overrides={"truncation": "reject", "max_length": REJECT_LIMIT})

@@ -43,7 +43,7 @@ class SmallConvNet(nn.Module):
         return self.fc(self.features(x))
 '''
 HANDLER = {"task": "image_classification", "dtype": "int8", "topk": 3, "image_size": 32,
-           "resize_size": 36, "calibration": "calibration"}
+           "resize_size": 36, "calibration": "calibration", "response": "detailed"}
 
 
 def picture(index: int) -> bytes:

@@ -105,9 +105,10 @@ class Serving:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("kserve-store")
-    build_archive("resnet50", out, workers=1)
+    detailed = {"response": "detailed"}  # answers compared by class index
+    build_archive("resnet50", out, workers=1, handler_overrides=detailed)
     build_archive("resnet50", out, workers=1, batch_size=BATCH, max_batch_delay_ms=2000,
-                  archive_name="resnet50_batched")
+                  archive_name="resnet50_batched", handler_overrides=detailed)
     build_archive("minilm", out, workers=1)
     return out
 

@@ -40,7 +40,8 @@ ORIENTATION = 0x0112  # EXIF tag
 @pytest.fixture(scope="module")
 def serving(tmp_path_factory: pytest.TempPathFactory):
     store = tmp_path_factory.mktemp("store")
-    build_archive(MODEL, store, workers=1)
+    # answers compared by class index (detailed); the stock shape: test_first_hour.py
+    build_archive(MODEL, store, workers=1, handler_overrides={"response": "detailed"})
     build_archive("minilm", store, workers=1)
     ts = server.start(REPO / "config" / "config.properties", store,
                       [f"{MODEL}.mar", "minilm.mar"], run_dir=tmp_path_factory.mktemp("ts"))

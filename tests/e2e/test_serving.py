@@ -34,6 +34,9 @@ from torchserve_cpu.model_store.build import STORE_DIR, build_archive
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = STORE_DIR / "samples" / "shapes.jpg"
+# the answers compared here are by class index: `response: detailed` (index, label,
+# probability; logits); the default, TorchServe's {label: probability}, is test_first_hour's
+DETAILED = {"response": "detailed"}
 SENTENCES = ["A cat sits on the warm windowsill.", "Stock markets fell sharply on Monday.",
              STORE_DIR.joinpath("samples", "sentence.txt").read_text().strip()]
 
@@ -41,9 +44,10 @@ SENTENCES = ["A cat sits on the warm windowsill.", "Stock markets fell sharply o
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("store")
-    build_archive("resnet50", out, workers=1, batch_size=4, max_batch_delay_ms=300)
+    build_archive("resnet50", out, workers=1, batch_size=4, max_batch_delay_ms=300,
+                  handler_overrides=DETAILED)
     build_archive("minilm", out, workers=1)
-    build_archive("bert", out, workers=1, handler_overrides={"max_length": 64})
+    build_archive("bert", out, workers=1, handler_overrides={"max_length": 64, **DETAILED})
     return out
 
 

@@ -28,8 +28,9 @@ SENTENCE = "A cat sits on the warm windowsill."
 @pytest.fixture(scope="module")
 def serving(tmp_path_factory: pytest.TempPathFactory):
     store = tmp_path_factory.mktemp("store")
-    build_archive("resnet50", store, workers=1)
-    build_archive("bert", store, workers=1, handler_overrides={"max_length": 64, "dtype": "bf16"})
+    build_archive("resnet50", store, workers=1, handler_overrides={"response": "detailed"})
+    build_archive("bert", store, workers=1, handler_overrides={"max_length": 64, "dtype": "bf16",
+                                                               "response": "detailed"})
     ts = server.start(REPO / "config" / "config.properties", store, ["resnet50.mar", "bert.mar"],
                       run_dir=tmp_path_factory.mktemp("ts"))
     try:

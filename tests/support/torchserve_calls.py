@@ -82,12 +82,19 @@ def tiny_model_context(model_dir: Path, handler_section: Mapping[str, object],
     with TorchServe's own metrics cache as a worker has it, read from `metrics_config`."""
     model_file = f"{model_name}_model.py"
     (model_dir / model_file).write_text(TINY_MODEL)
+    manifest = {"model": {"modelName": model_name, "modelFile": model_file}}
+    return metered_context(model_name, model_dir, manifest, {"handler": handler_section},
+                           metrics_config)
+
+
+def metered_context(model_name: str, model_dir: Path, manifest: Mapping[str, object],
+                    model_yaml_config: Mapping[str, object],
+                    metrics_config: Path = TS_METRICS_CONFIG) -> Context:
+    """A worker context with TorchServe's own metrics cache, read from `metrics_config`."""
     metrics = MetricsCacheYamlImpl(str(metrics_config))
     metrics.model_name = model_name
     metrics.initialize_cache()
-    manifest = {"model": {"modelName": model_name, "modelFile": model_file}}
-    return worker_context(model_name, str(model_dir), manifest, {"handler": handler_section},
-                          metrics)
+    return worker_context(model_name, str(model_dir), manifest, model_yaml_config, metrics)
 
 
 def png(colour: tuple[int, int, int]) -> bytes:

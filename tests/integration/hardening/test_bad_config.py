@@ -170,9 +170,28 @@ def test_untraceable_model_falls_back_to_eager_and_serves(
     reply = post(f"{mixed_server.inference_url}/predictions/tiny", IMAGE.read_bytes(),
                  "image/jpeg")
     assert reply.status == 200, reply.body
-    assert len(reply.json()["topk"]) == 3
+    assert len(reply.json()) == 3  # the stock answer: {label: probability}, top 3
     lines = model_log(mixed_server).splitlines()
     failed = [line for line in lines if "optimizer: default[" in line and "failed:" in line]
     assert failed and "trace" in failed[0], "\n".join(lines[-40:])
     ready = [line for line in lines if "ready model=tiny" in line]
     assert ready and "pipeline=eager[eager]" in ready[0], "\n".join(lines[-40:])
+
+
+def test_a_configuration_mistake_is_logged_once_without_a_traceback(
+        mixed_server: server.TorchServe) -> None:
+    """TorchServe restarts a failed worker forever: the mistake is one line, once, however
+    often it retries, and no retry prints a traceback."""
+    def starts(name: str) -> int:
+        return model_log(mixed_server).count(f"model_name: {name}, batchSize")
+
+    deadline = time.monotonic() + 120
+    while min(map(starts, BAD_HANDLER_VALUES)) < 3 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert min(map(starts, BAD_HANDLER_VALUES)) >= 3, mixed_server.log_tail()  # retried
+    lines = model_log(mixed_server).splitlines()
+    for name, (_, message) in BAD_HANDLER_VALUES.items():
+        named = [line for line in lines if message in line]
+        assert len(named) == 1, named
+        assert f"model {name} cannot start, fix its archive" in named[0]
+    assert not [line for line in lines if "Traceback" in line], "\n".join(lines[-60:])

@@ -23,7 +23,7 @@ def test_stock_serves_eager_fp32_with_basehandler_metrics(
     assert handler.served.ipex == NOT_PROBED
     with caplog.at_level(logging.INFO):
         answers, _ = call(handler, [png((200, 30, 30)), png((30, 30, 200))])
-    assert [len(answer["topk"]) for answer in answers] == [2, 2]
+    assert [len(answer) for answer in answers] == [2, 2]  # {label: probability}, top 2
     assert len(handler_times(caplog.records)) == 1
 
 

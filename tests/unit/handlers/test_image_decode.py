@@ -70,7 +70,8 @@ def test_center_crop_box_matches_resize_then_crop() -> None:
     assert (left + right) / 2 == pytest.approx(250) and (top + bottom) / 2 == pytest.approx(187.5)
 
 
-def test_answer_topk(task: ImageClassification) -> None:
+def test_answer_topk(tmp_path) -> None:
+    task = ImageClassification(HandlerSettings(response="detailed"), tmp_path)
     logits = torch.tensor([[0.0, 3.0, 1.0, 2.0, -1.0, 0.5]])
     (answer,) = task.answer(logits)
     assert [entry["index"] for entry in answer["topk"]] == [1, 3, 2, 5, 0]

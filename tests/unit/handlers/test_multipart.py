@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.torchserve_calls import form_request, frontend_request, torchserve_batch
-from torchserve_cpu.handlers.envelopes import request_headers
+from torchserve_cpu.handlers.envelopes import request_headers, request_payload
 from torchserve_cpu.handlers.errors import BadInput
-from torchserve_cpu.handlers.optimizing_handler import request_payload
 from torchserve_cpu.handlers.settings import HandlerSettings
 from torchserve_cpu.handlers.tasks.text import TextTask
 from torchserve_cpu.model_store.build import minilm_dir

@@ -66,3 +66,27 @@ def test_mean_and_std_are_per_channel_pixel_values() -> None:
                              ({"std": [0.229, 0.224, 0.225]}, r"handler\.std: .* 0\.\.1 scale")):
         with pytest.raises(ValueError, match=message):
             parse_settings(section)
+
+
+def test_every_mistake_is_named_at_once_with_a_did_you_mean() -> None:
+    from torchserve_cpu.handlers.settings import HANDLER_KEYS, SettingsError
+
+    with pytest.raises(SettingsError) as caught:
+        parse_settings({"toopk": 3, "dtype": "bf61", "response": "stok", "task": "tensr",
+                        "topk": 2})
+    assert caught.value.problems == (
+        "handler.toopk: unknown key; did you mean topk?; keys are " + ", ".join(HANDLER_KEYS),
+        "handler.dtype: 'bf61' is not one of fp32, bf16, int8, auto; did you mean bf16?",
+        "handler.response: 'stok' is not one of stock, detailed; did you mean stock?",
+        "handler.task: 'tensr' is not one of image_classification, text_classification, "
+        "text_embedding, tensor; did you mean tensor?",
+    )
+    assert str(caught.value).count("\n") == 3
+
+
+def test_response_and_tensor_keys() -> None:
+    settings = parse_settings({"response": "detailed", "task": "tensor", "input_shape": [3, 4],
+                               "input_dtype": "int64"})
+    assert (settings.response, settings.input_shape, settings.input_dtype) == \
+        ("detailed", (3, 4), "int64")
+    assert parse_settings(None).response == "stock"

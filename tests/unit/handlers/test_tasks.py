@@ -38,7 +38,8 @@ def text_task(model_dir: Path, task: str = "text_embedding", **settings: object)
 # -- the table -------------------------------------------------------------------------
 
 def test_make_task_builds_the_task_named(text_dir: Path) -> None:
-    assert set(TASKS) == {"image_classification", "text_classification", "text_embedding"}
+    assert set(TASKS) == {"image_classification", "text_classification", "text_embedding",
+                          "tensor"}
     image = make_task(HandlerSettings(), text_dir)
     assert isinstance(image, ImageClassification) and image.classifies
     embedding = make_task(HandlerSettings(task="text_embedding"), text_dir)
@@ -51,13 +52,21 @@ def test_make_task_names_the_choices_for_an_unknown_task(tmp_path: Path) -> None
     with pytest.raises(ValueError) as caught:
         make_task(HandlerSettings(task="audio"), tmp_path)
     assert str(caught.value) == ("handler.task: 'audio' is not one of image_classification, "
-                                 "text_classification, text_embedding")
+                                 "text_classification, text_embedding, tensor")
 
 
-def test_labels(tmp_path: Path) -> None:
-    assert read_labels(tmp_path) == {}
-    (tmp_path / "index_to_name.json").write_text('{"0": "cat", "2": 7}')
-    assert read_labels(tmp_path) == {0: "cat", 2: "7"}
+def test_labels_read_as_torchserve_reads_them(tmp_path: Path) -> None:
+    """ts/utils/util.py load_label_mapping: a list means its last name, the older
+    object_type_names form is a list, anything but names is refused."""
+    assert read_labels(tmp_path) is None
+    (tmp_path / "index_to_name.json").write_text('{"0": "cat", "2": ["n0212", "dog"]}')
+    assert read_labels(tmp_path) == {0: "cat", 2: "dog"}
+    (tmp_path / "index_to_name.json").write_text('{"object_type_names": ["cat", "dog"]}')
+    assert read_labels(tmp_path) == {0: "cat", 1: "dog"}
+    for bad in ('{"0": 7}', '["cat"]', "{not json"):
+        (tmp_path / "index_to_name.json").write_text(bad)
+        with pytest.raises(ValueError, match=r"index_to_name\.json"):
+            read_labels(tmp_path)
 
 
 # -- image requests ------------------------------------------------------------------
@@ -178,7 +187,7 @@ def test_image_example_inputs_are_seeded_and_sized(tmp_path: Path) -> None:
 
 def test_image_answer_names_labels_and_probabilities(tmp_path: Path) -> None:
     (tmp_path / "index_to_name.json").write_text('{"1": "one", "2": "two"}')
-    task = ImageClassification(HandlerSettings(topk=2), tmp_path)
+    task = ImageClassification(HandlerSettings(topk=2, response="detailed"), tmp_path)
     logits = torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 0.0]], dtype=torch.bfloat16)
     answers = task.answer(logits)
     probabilities = torch.softmax(logits.float(), dim=1)
@@ -188,7 +197,8 @@ def test_image_answer_names_labels_and_probabilities(tmp_path: Path) -> None:
         {"topk": [{"index": 0, "label": "0", "probability": float(probabilities[1, 0])},
                   {"index": 1, "label": "one", "probability": float(probabilities[1, 1])}]},
     ]
-    wide = ImageClassification(HandlerSettings(topk=5), tmp_path).answer(logits[:1])
+    wide = ImageClassification(HandlerSettings(topk=5, response="detailed"),
+                               tmp_path).answer(logits[:1])
     assert [entry["index"] for entry in wide[0]["topk"]] == [1, 2, 0]  # k = the classes
 
 
@@ -296,7 +306,7 @@ def test_text_answers(text_dir: Path) -> None:
     assert text_task(text_dir).answer(output) == [{"embedding": [0.5, -0.5]}]
     (text_dir / "index_to_name.json").write_text('{"1": "positive"}')
     logits = torch.tensor([[0.0, 1.0], [2.0, 0.0]])
-    answers = text_task(text_dir, task="text_classification").answer(logits)
+    answers = text_task(text_dir, task="text_classification", response="detailed").answer(logits)
     assert [a["label"] for a in answers] == ["positive", "0"]
     assert answers[0]["logits"] == [0.0, 1.0]
     assert answers[1]["probabilities"] == torch.softmax(logits[1], 0).tolist()
