@@ -152,7 +152,7 @@ IMAGE_GATE = {key: getattr(CLASSIFIER_GATE, key) for key in (
 
 
 def archive_inputs(config: dict, staging: Path, trained: bool = True) -> list[Path]:
-    """Real inputs for a reduced-precision archive (handler.dtype int8 or bf16): written under
+    """Real inputs for a reduced-precision archive (handler.dtype int8, bf16 or auto): written under
     `staging`, named in `config`'s handler section as `calibration`, returned as extra files
     for torch-model-archiver (a folder's contents are copied: `inputs/` holds `calibration/`).
     Image models get the 76 calibration-grid photos and, unless the config sets its own, a
@@ -164,7 +164,7 @@ def archive_inputs(config: dict, staging: Path, trained: bool = True) -> list[Pa
     top-1 gate, and bf16 keeps the gate on the example input as any archive without inputs.
     """
     handler = config.setdefault("handler", {})
-    if handler.get("dtype") not in ("int8", "bf16") or "calibration" in handler:
+    if handler.get("dtype") not in ("int8", "bf16", "auto") or "calibration" in handler:
         return []
     if not trained and handler["dtype"] == "bf16":
         return []
