@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     archives.add_argument("--out", type=Path, default=Path("model_store") / "build")
     archives.add_argument("--aot", action="store_true",
                           help="handler.optimize: aot, with packages compiled now (15-40 s each)")
-    archives.add_argument("--dtype", choices=["fp32", "bf16"], help="handler.dtype")
+    archives.add_argument("--dtype", choices=["fp32", "bf16", "int8", "auto"], help="handler.dtype")
     return parser
 
 
