@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from torchserve_cpu.handlers.tasks import ModelInputs
-from torchserve_cpu.launcher.host import cpuinfo
+from torchserve_cpu.launcher.host import ARM_INT8_DOT, X86_INT8_DOT, cpuinfo
 
 SCHEMA = "torchserve-cpu-aot/1"  # bump when the meaning of a record's fields changes
 
@@ -61,7 +61,7 @@ class InputSpec:
 class PackageRecord:
     """What a package needs to run and what it was checked against, as built."""
 
-    dtype: str  # fp32 | bf16 (bf16 runs inside the graph; inputs and output stay fp32)
+    dtype: str  # fp32 | bf16 | int8 (reduced precision inside the graph; fp32 in and out)
     torch: str  # torch.__version__ of the build: the .so links libtorch's C++ ABI
     torch_git: str
     cpu_flags: tuple[str, ...]  # ISA_FLAGS of the build host (-march=native)
@@ -77,6 +77,15 @@ class PackageRecord:
     package_bytes: int = 0
     inductor_options: dict[str, object] = field(default_factory=dict)
     build_seconds: float = 0.0
+    #: int8: activation width quantized for (8: needs an int8 dot product, 7: AVX2 is exact)
+    activation_bits: int | None = None
+    fp32_modules: tuple[str, ...] = ()  # int8: left in fp32 by the sensitivity search
+    #: int8 at 8 bits: the build host's int8 dot-product flags; one of them must be here
+    int8_flags: tuple[str, ...] = ()
+    #: what `reference` is eager's output on: "example" (the handler's example inputs) or
+    #: "calibration" (the first len(reference) of the archive's real inputs: random pixels
+    #: say nothing of int8's top-1)
+    reference_inputs: str = "example"
     schema: str = SCHEMA
 
     def to_json(self) -> str:
@@ -90,6 +99,8 @@ class PackageRecord:
             names = {f.name for f in fields(cls)}
             data = {key: value for key, value in data.items() if key in names}
             data["cpu_flags"] = tuple(data["cpu_flags"])
+            for key in ("fp32_modules", "int8_flags"):
+                data[key] = tuple(data.get(key) or ())
             data["inputs"] = tuple(InputSpec(tuple(i["shape"]), i["dtype"],
                                              bool(i.get("channels_last")))
                                    for i in data["inputs"])
@@ -134,6 +145,13 @@ def incompatibilities(record: PackageRecord, runtime: Runtime) -> list[str]:
     missing = [flag for flag in record.cpu_flags if flag not in runtime.cpu_flags]
     if missing:
         problems.append(f"this CPU lacks {' '.join(missing)} (built on {record.build_cpu})")
+    if record.dtype == "int8" and record.activation_bits == 8 and not any(
+            flag in runtime.cpu_flags for flag in (*X86_INT8_DOT, *ARM_INT8_DOT)):
+        # AVX2's vpmaddubsw sums u8 x s8 pairs in saturating int16: 8-bit activations
+        # overflow (EfficientNet-Lite0 on a Zen 3: worst cosine 0.60, quantize.py)
+        problems.append(f"8-bit int8 activations need an int8 dot product "
+                        f"({' or '.join(record.int8_flags or X86_INT8_DOT)}); this CPU has "
+                        f"none (its 16-bit sums saturate)")
     return problems
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from torchserve_cpu.handlers.aot_package import record_name
+from torchserve_cpu.handlers.archive import host_int8_package
 from torchserve_cpu.handlers.loading import load_model
 from torchserve_cpu.handlers.model_config import settings_from_sections
 from torchserve_cpu.handlers.optimize import (
@@ -85,9 +87,14 @@ def build_served_model(
     decision = decide(settings.dtype, cpu)  # microseconds: nothing is built for a refusal
     if decision.served.dtype != settings.dtype and settings.dtype != "auto":
         log.warning("precision: %s", decision.served.reason)
+    int8_packages = None
+    if optimized and any(c.dtype == "int8" for c in decision.candidates) and \
+            not (model_dir / record_name("int8")).exists():
+        int8_packages = host_int8(model_dir, manifest, handler_section or {}, settings)
     try:
         model = optimize(lambda: load_model(model_dir, dict(manifest)), example, settings,
-                         ipex, task.classifies, model_dir, check=check, decision=decision)
+                         ipex, task.classifies, model_dir, check=check, decision=decision,
+                         int8_packages=int8_packages)
     except ExampleInputError as error:
         raise ExampleInputError(f"{error}; {describe_example(settings, example)}") from None
     warnings: list[str] = []
@@ -97,3 +104,16 @@ def build_served_model(
     for warning in warnings:
         log.warning("%s", warning)
     return ServedModel(settings, task, model, ipex, example, decision, cpu, tuple(warnings))
+
+
+def host_int8(model_dir: Path, manifest: Mapping[str, object],
+              handler_section: Mapping[str, object], settings: HandlerSettings) -> Path | None:
+    """This host's int8 package of an archive that carries none (built by the first worker,
+    loaded by the rest: handlers.archive.host_cache), or None to quantize in-process."""
+    found = host_int8_package(model_dir, manifest, handler_section, settings)
+    if found.outcome == "failed":
+        log.warning("int8 host cache: no package (%s): quantizing in this worker",
+                    found.detail)
+    else:
+        log.info("int8 host cache %s: %s", found.outcome, found.detail)
+    return found.folder

@@ -6,5 +6,7 @@ from torchserve_cpu.handlers.archive.aot_build import (
     build_packages,
     staged_archive,
 )
+from torchserve_cpu.handlers.archive.host_cache import HostPackage, host_int8_package
 
-__all__ = ["build_from_files", "build_packages", "staged_archive"]
+__all__ = ["HostPackage", "build_from_files", "build_packages", "host_int8_package",
+           "staged_archive"]

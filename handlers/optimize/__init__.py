@@ -14,9 +14,19 @@ from torchserve_cpu.handlers.optimize.optimizer import (
 )
 from torchserve_cpu.handlers.optimize.pipeline import PRESET_NAMES, STEPS, StepPlan
 from torchserve_cpu.handlers.optimize.precision import Decision, decide
-from torchserve_cpu.handlers.optimize.steps import prepare_inputs, wants_channels_last
+from torchserve_cpu.handlers.optimize.quantize import (
+    ConvNetInt8,
+    default_activation_bits,
+    quantize_conv_net,
+)
+from torchserve_cpu.handlers.optimize.steps import (
+    has_convolutions,
+    prepare_inputs,
+    wants_channels_last,
+)
 
-__all__ = ["CLASSIFIER_GATE", "PRESET_NAMES", "STEPS", "Decision", "ExampleInputError",
-           "IpexStatus", "Optimized", "StepPlan", "check_inputs", "compare", "decide",
-           "error_summary", "optimize", "plan_dtype", "prepare_inputs", "probe_ipex",
-           "thresholds_for", "wants_channels_last"]
+__all__ = ["CLASSIFIER_GATE", "PRESET_NAMES", "STEPS", "ConvNetInt8", "Decision",
+           "ExampleInputError", "IpexStatus", "Optimized", "StepPlan", "check_inputs", "compare",
+           "decide", "default_activation_bits", "error_summary", "has_convolutions", "optimize",
+           "plan_dtype", "prepare_inputs", "probe_ipex", "quantize_conv_net", "thresholds_for",
+           "wants_channels_last"]

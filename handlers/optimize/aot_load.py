@@ -135,12 +135,17 @@ def check_record(record: PackageRecord, package: Path, example: ModelInputs,
 
 
 def load_stage(stage: Stage, ctx: StepContext) -> Stage:
-    """The `aot` step: the archive's package for the stage's precision, checked and loaded."""
+    """The `aot` step: the archive's package for the stage's precision, checked and loaded.
+
+    The optimizer tries the int8 plan, then bf16, then fp32 (as this CPU's precision
+    decision allows), so the first package that runs here serves and the ready record's
+    `rejected` says why each one before it did not."""
     if ctx.model_dir is None:
         raise StepError("aot needs the archive's folder (the worker's model_dir)")
-    dtype = "bf16" if stage.bf16 else "fp32"
-    record = read_record(ctx.model_dir, dtype)
-    package = ctx.model_dir / package_name(dtype)
+    dtype = "int8" if stage.int8 else "bf16" if stage.bf16 else "fp32"
+    folder = ctx.int8_packages if stage.int8 and ctx.int8_packages else ctx.model_dir
+    record = read_record(folder, dtype)
+    package = folder / package_name(dtype)
     check_record(record, package, ctx.example, Runtime.here())
     guard = LoadGuard(package)
     crashed = guard.died_before()
@@ -156,12 +161,22 @@ def load_stage(stage: Stage, ctx: StepContext) -> Stage:
                         ) from error
     seconds = time.perf_counter() - started
     channels_last = any(spec.channels_last for spec in record.inputs)
+    checked_on = ctx.example
+    if record.reference_inputs == "calibration":
+        checked_on = ctx.calibration_head(len(record.reference))
     reference = None
-    if record.example_digest == example_digest(ctx.example):
+    if checked_on is not None and record.example_digest == example_digest(checked_on):
         reference = torch.tensor(record.reference, dtype=torch.float32)
+    int8 = ""
+    if record.activation_bits:
+        int8 = (f", int8 {record.activation_bits}-bit activations"
+                + (f", fp32: {', '.join(record.fp32_modules)}" if record.fp32_modules else ""))
     note = (f"{package.name} loaded in {seconds:.2f}s, batch {record.min_batch}.."
-            f"{record.max_batch}, built with torch {record.torch}"
-            + ("" if reference is not None else "; example changed: checked against eager"))
+            f"{record.max_batch}, built with torch {record.torch}{int8}"
+            + ("" if reference is not None else
+               f"; {record.reference_inputs} inputs changed: checked against eager"))
     module = AotModule(compiled, record.max_batch, channels_last, on_first_call=guard.leave)
     return replace(stage.then("aot", module, note, channels_last=channels_last, autocast=False),
-                   reference=reference, ahead_of_time=True)
+                   reference=reference, ahead_of_time=True,
+                   check_inputs=checked_on if reference is not None and checked_on is not
+                   ctx.example else None, quick_check=record.reference_inputs == "calibration")

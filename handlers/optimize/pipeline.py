@@ -117,12 +117,14 @@ def replaces_model(plan: StepPlan) -> bool:
 
 #: `handler.dtype: int8`: tried first, then the preset's fp32 chain
 INT8_PLAN = StepPlan("quantized", ("int8",), int8=True)
+#: `handler.dtype: int8` with `optimize: aot`: the archive's int8 package, before INT8_PLAN
+AOT_INT8_PLAN = StepPlan("aot", ("aot",), int8=True)
 
 
 def run_steps(model: nn.Module | None, plan: StepPlan, ctx: StepContext) -> Stage:
     """Apply the plan's steps in order to (a copy of) `model` (None: a plan that
     `replaces_model`)."""
-    stage = Stage(module=model, bf16=plan.bf16, autocast=plan.bf16)
+    stage = Stage(module=model, bf16=plan.bf16, autocast=plan.bf16, int8=plan.int8)
     if plan.steps and not STEPS[plan.steps[0]].copies_module:
         # Steps mutate modules in place (channels-last, requires_grad): copy first.
         stage = replace(stage, module=copy.deepcopy(model).eval())

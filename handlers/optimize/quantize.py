@@ -320,7 +320,8 @@ def step_int8(stage: Stage, ctx: StepContext) -> Stage:
             raise StepError("static int8 needs torchao: pip install 'torchserve-cpu[int8]'"
                             ) from None
         wanted = ctx.channels_last if ctx.channels_last is not None else True
-        calibration = ctx.calibration if ctx.calibration is not None else ctx.example
+        calibration = ctx.calibration_inputs()
+        calibration = calibration if calibration is not None else ctx.example
         bits = ctx.activation_bits or default_activation_bits()
         result = quantize_conv_net(module, calibration, bits,
                                    gate_judge(module, calibration, ctx), wanted)

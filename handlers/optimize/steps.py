@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from torchserve_cpu.handlers.optimize.archive_inputs import CheckInputs
 from torchserve_cpu.handlers.optimize.ipex_support import IpexStatus
 from torchserve_cpu.handlers.settings import GateThresholds
 from torchserve_cpu.handlers.tasks import ModelInputs
@@ -38,6 +39,14 @@ class Stage:
     #: eager fp32's output on the example inputs, recorded when the model was built ahead
     #: of time: the check then needs no eager model
     reference: torch.Tensor | None = None
+    #: the inputs `reference` was made on when not the example (an int8 package's: the
+    #: archive's real inputs)
+    check_inputs: ModelInputs | None = None
+    int8: bool = False  # the plan asks for int8 (the aot step then loads the int8 package)
+    #: checked on a few inputs against a reference the build already judged in full: the
+    #: gate's cosine figures only (one top-1 miss in 8 rows is 12.5%: noise, not breakage;
+    #: a saturated int8 lowering shows in the cosines, 0.548 / 0.837 on AVX2)
+    quick_check: bool = False
 
     def then(self, step: str, module: Callable[..., torch.Tensor], note: str = "",
              **changes: bool) -> Stage:
@@ -67,7 +76,8 @@ class StepContext:
     example: ModelInputs
     ipex: IpexStatus
     channels_last: bool | None  # None: only for models with convolutions
-    #: real inputs to calibrate int8 on (the archive's: handlers.archive_inputs)
+    #: real inputs to calibrate int8 on (the archive's: handlers.archive_inputs); None: those
+    #: of `check`, read when first needed
     calibration: ModelInputs | None = None
     model_dir: Path | None = None  # the unpacked archive (aot packages live there)
     #: torch.compile keyword arguments from model-config.yaml's `pt2:` section
@@ -79,6 +89,24 @@ class StepContext:
     #: VNNI/AMX/arm dot products, 7 on AVX2 alone (its 16-bit sums saturate); None: decided
     #: from this machine's CPU facts when int8 is built
     activation_bits: int | None = None
+    #: where this host's int8 package of an archive without one is (handlers.archive
+    #: host_cache); None: the archive's own folder
+    int8_packages: Path | None = None
+    #: the archive's real inputs, read lazily (handlers.optimize.archive_inputs.CheckInputs)
+    check: CheckInputs | None = None
+
+    def calibration_inputs(self) -> ModelInputs | None:
+        """`calibration`, else all of `check`'s inputs (decoded now, once)."""
+        if self.calibration is not None or self.check is None:
+            return self.calibration
+        return self.check.inputs
+
+    def calibration_head(self, rows: int) -> ModelInputs | None:
+        """The first `rows` calibration inputs, reading no more than those."""
+        if self.calibration is not None or self.check is None:
+            return None if self.calibration is None else tuple(
+                x[:rows] for x in self.calibration)
+        return self.check.head(rows)
 
 
 class StepError(RuntimeError):

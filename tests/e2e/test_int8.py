@@ -1,6 +1,8 @@
 """An int8 archive served by real TorchServe: a small conv net archived with `dtype: int8` and
-a `calibration/` folder of images; the worker calibrates on them, checks int8 against fp32
-eager on them, serves int8 (its served-model record says so) and answers like eager."""
+a `calibration/` folder of images, without an int8 package. The first worker calibrates on
+them and builds this host's int8 package (handlers.archive.host_cache) into a fresh cache,
+checked against fp32 eager on them; it serves int8 (its served-model record says so) and
+answers like eager; a second worker loads that package instead of quantizing again."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import torch
 from PIL import Image
 
 from benchmarks import loopback_torchserve as server
-from benchmarks.loopback_torchserve import post
+from benchmarks.loopback_torchserve import http_json, post
 from torchserve_cpu.handlers.loading import model_class_from_file
 from torchserve_cpu.handlers.model_config import parse_settings
 from torchserve_cpu.handlers.served_record import read_records
@@ -60,7 +62,7 @@ def picture(index: int) -> bytes:
 
 def build(work: Path, store: Path) -> Path:
     (work / "model.py").write_text(MODEL)
-    lines = ["minWorkers: 1", "maxWorkers: 1", "handler:"]
+    lines = ["minWorkers: 1", "maxWorkers: 2", "handler:"]
     lines += [f"  {key}: {value}" for key, value in HANDLER.items()]
     (work / "model-config.yaml").write_text("\n".join(lines) + "\n")
     calibration = work / "inputs" / "calibration"
@@ -82,8 +84,9 @@ def build(work: Path, store: Path) -> Path:
 def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[server.TorchServe]:
     work = tmp_path_factory.mktemp("int8")
     build(work, work / "store")
+    env = {"TSCPU_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))}  # a first start: a miss
     with server.start(REPO / "config" / "config.properties", work / "store", ["small.mar"],
-                      run_dir=tmp_path_factory.mktemp("ts")) as ts:  # stops it on exit
+                      env=env, run_dir=tmp_path_factory.mktemp("ts")) as ts:  # stops it on exit
         ts.wait_ready(["small"], timeout=300)
         yield ts
 
@@ -91,9 +94,10 @@ def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[server.TorchSe
 def test_worker_serves_int8_calibrated_on_the_archive_inputs(serving: server.TorchServe) -> None:
     log = (serving.log_dir / "model_log.log").read_text(errors="replace")
     [record] = [r for r in read_records(log) if r.model == "small"]
-    assert record.dtype == "int8" and record.pipeline == "quantized[int8] int8", record
-    assert any("calibrated on 16 inputs" in note for note in record.notes), record.notes
+    assert record.dtype == "int8" and record.pipeline == "aot[aot] int8", record
+    assert any("aot-int8.pt2 loaded" in note for note in record.notes), record.notes
     assert "calibration and accuracy check on 16 inputs from calibration" in log
+    assert "int8 host cache miss: built " in log
 
 
 def test_int8_answers_agree_with_eager(serving: server.TorchServe, tmp_path: Path) -> None:
@@ -109,3 +113,12 @@ def test_int8_answers_agree_with_eager(serving: server.TorchServe, tmp_path: Pat
         with torch.no_grad():
             expected = eager(*task.collate([task.decode(body, "image/png")]))[0].argmax()
         assert reply.json()["topk"][0]["index"] == int(expected)
+
+
+def test_a_second_worker_loads_the_hosts_package(serving: server.TorchServe) -> None:
+    http_json(f"{serving.management_url}/models/small?min_worker=2&synchronous=true", "PUT",
+              timeout=300)
+    log = (serving.log_dir / "model_log.log").read_text(errors="replace")
+    records = [r for r in read_records(log) if r.model == "small"]
+    assert len(records) == 2 and {r.pipeline for r in records} == {"aot[aot] int8"}
+    assert log.count("int8 host cache miss") == 1 and log.count("int8 host cache hit") == 1
