@@ -22,7 +22,6 @@ import torch
 
 from benchmarks import loopback_torchserve as server
 from benchmarks.loopback_torchserve import post
-from tests.support import stock_image_classifier
 from tests.support.tiny_archive import TABULAR_CONFIG, TABULAR_MODEL, archive_model
 from torchserve_cpu.handlers.loading import load_model
 from torchserve_cpu.launcher.resources import HANDLER_FILE
@@ -35,6 +34,11 @@ CHELSEA = (Path(skimage.__file__).parent / "data" / "chelsea.png").read_bytes()
 ROW = [0.5, -1.0, 2.0, 0.0, 1.5, -0.25, 3.0, 1.0]
 MODELS = ["efficientnet_lite0", "efficientnet_stock", "tabular"]
 
+# The stock handler file is archived and runs in TorchServe's worker only: importing it
+# here would put its torchvision/captum stand-ins in this process's sys.modules (it broke
+# every transformers-based test collected after it)
+STOCK_HANDLER = Path(__file__).resolve().parents[1] / "support" / "stock_image_classifier.py"
+
 
 @pytest.fixture(scope="module")
 def tabular_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -46,7 +50,7 @@ def serving(tmp_path_factory: pytest.TempPathFactory, tabular_src: Path):
     store = tmp_path_factory.mktemp("store")
     build_archive("efficientnet_lite0", store, workers=1)
     build_archive("efficientnet_lite0", store, workers=1, archive_name="efficientnet_stock",
-                  handler_file=Path(stock_image_classifier.__file__))
+                  handler_file=STOCK_HANDLER)
     archive_model(Path(sys.executable).parent, str(HANDLER_FILE), tabular_src, store,
                   "tabular", TABULAR_MODEL, TABULAR_CONFIG)
     run_dir = tmp_path_factory.mktemp("ts")

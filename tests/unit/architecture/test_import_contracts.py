@@ -140,3 +140,14 @@ def test_layers(importer: str, imported: str, why: str) -> None:
                       if inside(source, P + importer) for target in targets
                       if inside(target, P + imported))
     assert crossing == [], why
+
+
+def test_no_test_module_leaves_stand_in_packages_behind() -> None:
+    """A stand-in module put in sys.modules at collection (a fake torchvision, with no
+    __spec__) broke every transformers-based test collected after it; stand-ins belong to
+    the worker that imports them."""
+    import sys
+
+    for name in ("torchvision", "captum"):
+        module = sys.modules.get(name)
+        assert module is None or getattr(module, "__spec__", None) is not None, name
