@@ -48,14 +48,18 @@ def server(tmp_path: Path) -> Iterator[TorchServe]:
 
 def seated(server: TorchServe, workers: int) -> dict[int, set[int]] | None:
     """Each worker's current placement series as CPU ids, once there are `workers` workers,
-    each with one series equal to its affinity; None until then."""
+    each with one series equal to its affinity, on disjoint blocks; None until then (a
+    worker re-pins on its own after a neighbour arrives: it may still sit on the old
+    block for a moment)."""
     pids = server.worker_pids("tiny")
     samples = scrape(server.metrics_url)
     current = {pid: placements(samples, pid) for pid in pids}
     if len(pids) != workers or any(len(series) != 1 for series in current.values()):
         return None
     cpus = {pid: placement_cpus(series[0]) for pid, series in current.items()}
-    return cpus if all(cpus[pid] == allowed_list(pid) for pid in pids) else None
+    if any(cpus[pid] != allowed_list(pid) for pid in pids):
+        return None
+    return cpus if workers == 1 or not set.intersection(*cpus.values()) else None
 
 
 def test_placement_series_follow_the_workers_cores(server: TorchServe) -> None:
@@ -68,7 +72,7 @@ def test_placement_series_follow_the_workers_cores(server: TorchServe) -> None:
     http_json(f"{server.management_url}/models/tiny?min_worker=2&synchronous=true", "PUT",
               timeout=300)
     cpus = wait_for(lambda: seated(server, 2), timeout=60)
-    assert first in cpus and not set.intersection(*cpus.values())  # disjoint blocks
+    assert first in cpus  # seated() holds only on disjoint blocks
     left = [s for s in named(scrape(server.metrics_url), "tscpu_worker_placement")
             if s.labels["Pid"] == str(first) and placement_cpus(s) == first_cpus]
     assert cpus[first] != first_cpus and [s.value for s in left] == [0]
