@@ -37,6 +37,7 @@ from PIL import Image
 from benchmarks import loopback_torchserve as server
 from benchmarks.ab import AbLoad, ab_command
 from benchmarks.loopback_torchserve import Reply, post
+from tests.integration.launcher.launcher_probe import wait_for
 from torchserve_cpu.launcher.host.cpulist import parse_cpulist
 from torchserve_cpu.launcher.torchserve.registry import read_entries
 from torchserve_cpu.model_store.build import STORE_DIR, build_archive
@@ -305,8 +306,9 @@ class TestPinnedUnderLoad:
     def test_kill9_under_load(self, pinned) -> None:
         handle, registry, _ = pinned
         victim, survivor = handle.worker_pids("resnet50")
+        # workers re-pin on their own as neighbours arrive: read them once apart
+        wait_for(lambda: cpus_allowed(victim).isdisjoint(cpus_allowed(survivor)), timeout=60)
         victim_cpus, survivor_cpus = cpus_allowed(victim), cpus_allowed(survivor)
-        assert victim_cpus.isdisjoint(survivor_cpus)
         load = AbLoad(f"{handle.inference_url}/predictions/resnet50", IMAGE, "image/jpeg",
                       concurrency=8, requests=300, timeout_s=20)
         seen = len(answered_posts(handle))
@@ -338,8 +340,8 @@ class TestPinnedUnderLoad:
         assert sum(statuses.values()) == load.requests, record  # every request was answered
         assert record["failed"] <= load.concurrency, record  # at most those in flight
         assert record["ab_completed"] >= load.requests - load.concurrency, record
-        assert cpus_allowed(newcomer).isdisjoint(cpus_allowed(survivor)), record
         # the live worker kept running: it grew while alone, then went back to its block
-        assert cpus_allowed(survivor) == survivor_cpus
+        wait_for(lambda: cpus_allowed(survivor) == survivor_cpus, timeout=60)
+        assert cpus_allowed(newcomer).isdisjoint(cpus_allowed(survivor)), record
         assert set(claims) == {survivor, newcomer}, record
         assert post(load.url, JPEG, "image/jpeg").status == 200

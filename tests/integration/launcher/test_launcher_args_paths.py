@@ -22,6 +22,8 @@ from tests.integration.launcher.launcher_probe import (
     allowed_list,
     ask,
     env_with_registry,
+    settled,
+    wait_for,
     write_config,
 )
 from torchserve_cpu.launcher.host.sysfs import read_topology
@@ -91,8 +93,9 @@ def test_flag_through_plain_torchserve_matches_the_plan(
             answers[answer["pid"]] = answer
             if len(answers) == workers:
                 break
-        seats = sorted(tuple(sorted(allowed_list(pid))) for pid in pids)
-        if options.bind_cpus:
+        if options.bind_cpus:  # read the seats once each worker has re-pinned
+            wait_for(lambda: settled(handle, registry_dir, {"probe": workers}), timeout=120)
+            seats = sorted(tuple(sorted(allowed_list(pid))) for pid in pids)
             assert seats == expected_cpus(args, workers), args
         entries = {e.pid: e for e in read_entries(registry_dir)}
         for pid, answer in answers.items():
