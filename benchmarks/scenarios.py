@@ -81,6 +81,9 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("optimized-aot-bf16", HANDLER_OURS, LAUNCH_OURS, "",
                  {"optimize": "aot", "dtype": "bf16"},
                  note="aot with bf16 inside the graph, behind the same accuracy gate"),
+        Scenario("optimized-aot-int8", HANDLER_OURS, LAUNCH_OURS, "",
+                 {"optimize": "aot", "dtype": "int8"},
+                 note="aot int8 package (PT2E, calibrated and gated at archive time)"),
     )
 }
 

@@ -92,8 +92,7 @@ def host_int8_package(model_dir: Path, manifest: Mapping[str, object],
                 config = {"handler": {**handler_section, "dtype": "int8"}}
                 if not build_packages(model_dir, manifest, config, Path(scratch),
                                       only=("int8",)):
-                    return HostPackage(None, "failed", "no int8 package for a model without "
-                                       "convolutions: its dynamic int8 is made at start")
+                    return HostPackage(None, "failed", "the build made no int8 package")
                 Path(scratch).rename(folder)
                 folder.chmod(0o755)  # mkdtemp made it private
                 Path(scratch).mkdir()  # for TemporaryDirectory's clean-up

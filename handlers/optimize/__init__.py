@@ -18,6 +18,7 @@ from torchserve_cpu.handlers.optimize.quantize import (
     ConvNetInt8,
     default_activation_bits,
     quantize_conv_net,
+    quantize_dynamic,
 )
 from torchserve_cpu.handlers.optimize.steps import (
     has_convolutions,
@@ -28,5 +29,5 @@ from torchserve_cpu.handlers.optimize.steps import (
 __all__ = ["CLASSIFIER_GATE", "PRESET_NAMES", "STEPS", "ConvNetInt8", "Decision",
            "ExampleInputError", "IpexStatus", "Optimized", "StepPlan", "check_inputs", "compare",
            "decide", "default_activation_bits", "error_summary", "has_convolutions", "optimize",
-           "plan_dtype", "prepare_inputs", "probe_ipex", "quantize_conv_net", "thresholds_for",
-           "wants_channels_last"]
+           "plan_dtype", "prepare_inputs", "probe_ipex", "quantize_conv_net", "quantize_dynamic",
+           "thresholds_for", "wants_channels_last"]

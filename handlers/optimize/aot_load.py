@@ -171,6 +171,8 @@ def load_stage(stage: Stage, ctx: StepContext) -> Stage:
     if record.activation_bits:
         int8 = (f", int8 {record.activation_bits}-bit activations"
                 + (f", fp32: {', '.join(record.fp32_modules)}" if record.fp32_modules else ""))
+    elif record.dtype == "int8":
+        int8 = ", int8 dynamic (activations quantized per token as it runs)"
     note = (f"{package.name} loaded in {seconds:.2f}s, batch {record.min_batch}.."
             f"{record.max_batch}, built with torch {record.torch}{int8}"
             + ("" if reference is not None else

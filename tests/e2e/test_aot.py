@@ -2,7 +2,8 @@
 TorchServe whose workers cannot compile (CXX points nowhere, an empty inductor cache), the
 answers compared with the eager models in this process.
 
-Archives: ResNet-50 (model_store.build, batchSize 8), MiniLM, and a tiny conv net built
+Archives: ResNet-50 (model_store.build, batchSize 8), MiniLM (fp32, and int8: its dynamic
+int8 packaged), and a tiny conv net built
 with the documented user command (`torchserve-cpu aot build`), plus two
 copies of it whose records claim another torch build and a CPU flag this host lacks.
 BERT-base is left out: its package is 420 MB beside 440 MB of weights (an 860 MB archive
@@ -85,6 +86,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_archive("resnet50", out, workers=1, batch_size=MAX_BATCH, max_batch_delay_ms=500,
                   handler_overrides={**aot, "response": "detailed"})  # answers by index
     build_archive("minilm", out, workers=1, handler_overrides=aot)
+    build_archive("minilm", out, workers=1, archive_name="minilm_int8",
+                  handler_overrides={**aot, "dtype": "int8"})  # dynamic int8, packaged
     tiny_archives(tmp_path_factory.mktemp("tiny"), out)
     return out
 
@@ -98,7 +101,7 @@ def inductor_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def serving(store: Path, inductor_cache: Path, tmp_path_factory: pytest.TempPathFactory):
     # Workers that try to compile fail: no C++ compiler, and a cache of their own to check.
     env = {"CXX": "/nonexistent/c++", "TORCHINDUCTOR_CACHE_DIR": str(inductor_cache)}
-    names = ["resnet50", "minilm", *TINY]
+    names = ["resnet50", "minilm", "minilm_int8", *TINY]
     ts = server.start(REPO / "config" / "config.properties", store,
                       [f"{name}.mar" for name in names], env=env,
                       run_dir=tmp_path_factory.mktemp("ts"))
@@ -162,16 +165,25 @@ def test_batches_1_to_8_match_eager_without_recompiling(serving: server.TorchSer
     assert not [p for p in inductor_cache.rglob("*") if p.suffix in (".so", ".cpp")]
 
 
-def test_minilm_embeddings_match_eager(serving: server.TorchServe, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("model", "min_cosine"), [("minilm", 0.999), ("minilm_int8", 0.99)])
+def test_minilm_embeddings_match_eager(serving: server.TorchServe, tmp_path: Path,
+                                       model: str, min_cosine: float) -> None:
     sentences = ["A cat sits on the warm windowsill.", "Stock markets fell on Monday."]
     task = make_task(parse_settings({"task": "text_embedding"}), model_dir_for("minilm", tmp_path))
     with torch.no_grad():  # eager on both at once; the server answers each on its own
         expected = eager_model("minilm")(*task.collate([task.decode(s.encode(), None)
                                                         for s in sentences]))
-    replies = [predict(serving, "minilm", s.encode(), "text/plain") for s in sentences]
+    replies = [predict(serving, model, s.encode(), "text/plain") for s in sentences]
     assert [reply.status for reply in replies] == [200, 200]
     served = torch.tensor([reply.json()["embedding"] for reply in replies])
-    assert (torch.nn.functional.cosine_similarity(served, expected) >= 0.999).all()
+    assert (torch.nn.functional.cosine_similarity(served, expected) >= min_cosine).all()
+
+
+def test_minilm_int8_is_served_by_its_dynamic_int8_package(serving: server.TorchServe) -> None:
+    """Not quantized and compiled at start (15-17 s per worker, and no compiler here)."""
+    record = record_of(serving, "minilm_int8")
+    assert (record.pipeline, record.dtype) == ("aot[aot] int8", "int8"), record.rejected
+    assert "aot-int8.pt2 loaded" in record.notes[0] and "int8 dynamic" in record.notes[0]
 
 
 @pytest.mark.parametrize(("model", "reason"), [

@@ -19,3 +19,11 @@ def fresh_metric_dimensions() -> Iterator[None]:
         for default in getattr(member, "__defaults__", None) or ():
             if isinstance(default, list):
                 default.clear()
+
+
+@pytest.fixture(autouse=True)
+def private_int8_host_cache(tmp_path_factory: pytest.TempPathFactory,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """build_served_model keeps an int8 archive's package in the host's cache: the tests
+    use one of their own, not ~/.cache/torchserve-cpu."""
+    monkeypatch.setenv("TSCPU_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "tscpu-cache"))

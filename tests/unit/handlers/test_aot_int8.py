@@ -99,17 +99,16 @@ def test_without_aot_int8_is_quantized_at_start_as_before() -> None:
     assert plans[0].describe() == "quantized[int8] int8"
 
 
-@pytest.mark.parametrize(("requested", "convs", "cpu", "dtypes"), [
-    ("fp32", True, "zen3", ("fp32",)),
-    ("int8", True, "zen3", ("fp32", "int8")),
-    ("int8", False, "zen3", ("fp32",)),  # dynamic int8 is not packaged
-    ("bf16", True, "zen3", ("fp32", "bf16")),  # asked for: built (and checked) anyway
-    ("auto", True, "sapphire_rapids", ("fp32", "int8", "bf16")),
-    ("auto", True, "zen3", ("fp32", "int8")),
+@pytest.mark.parametrize(("requested", "cpu", "dtypes"), [
+    ("fp32", "zen3", ("fp32",)),
+    ("int8", "zen3", ("fp32", "int8")),  # conv nets static (PT2E), others dynamic
+    ("bf16", "zen3", ("fp32", "bf16")),  # asked for: built (and checked) anyway
+    ("auto", "sapphire_rapids", ("fp32", "int8", "bf16")),
+    ("auto", "zen3", ("fp32", "int8")),
 ])
-def test_which_packages_an_archive_gets(requested: str, convs: bool, cpu: str,
+def test_which_packages_an_archive_gets(requested: str, cpu: str,
                                         dtypes: tuple[str, ...]) -> None:
-    assert package_dtypes(requested, convs, saved_facts(cpu)) == dtypes
+    assert package_dtypes(requested, saved_facts(cpu)) == dtypes
 
 
 # -- serving from a stand-in package ---------------------------------------------------------
