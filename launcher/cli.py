@@ -118,7 +118,8 @@ def add_aot_commands(commands: argparse._SubParsersAction) -> None:
     build.add_argument("-o", "--out-dir", type=Path, default=Path("."))
     build.add_argument("--cache-dir", type=Path, help="reuse packages built before")
     inspect = verbs.add_parser("inspect", help="show a record; exit 1 if it cannot run here")
-    inspect.add_argument("record", type=Path, help="an aot-<dtype>.json")
+    inspect.add_argument("record", type=Path,
+                         help="an aot-<dtype>.json, or a folder: every record in it")
 
 
 def load_topology(path: Path | None) -> Topology:
@@ -192,10 +193,19 @@ def run_aot(args: argparse.Namespace) -> int:
     if args.aot_command == "inspect":
         from torchserve_cpu.handlers.aot_package import inspect_record
 
-        summary, problems = inspect_record(args.record)
-        print(json.dumps(summary, indent=1))
-        print("runs here" if not problems else "cannot run here: " + "; ".join(problems))
-        return 1 if problems else 0
+        records = [args.record]
+        if args.record.is_dir():
+            records = sorted(args.record.glob("aot-*.json"))
+            if not records:
+                raise ValueError(f"{args.record}: a folder without aot-<dtype>.json records")
+        failed = 0
+        for record in records:
+            summary, problems = inspect_record(record)
+            print(json.dumps(summary, indent=1))
+            print(f"{record.name}: " + ("runs here" if not problems else
+                                        "cannot run here: " + "; ".join(problems)))
+            failed += bool(problems)
+        return 1 if failed else 0
     import yaml
 
     from torchserve_cpu.handlers.archive import build_from_files

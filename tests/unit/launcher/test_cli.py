@@ -82,3 +82,33 @@ def test_metrics_config_path_prints_the_shipped_metrics_yaml(
     assert main(["metrics-config-path"]) == 0
     path = Path(capsys.readouterr().out.strip())
     assert path.name == "metrics.yaml" and "tscpu_worker_placement" in path.read_text()
+
+
+def aot_record(folder: Path, dtype: str, with_package: bool) -> None:
+    """A record built here (this torch, this CPU's flags), its package beside it or not."""
+    from torchserve_cpu.handlers.aot_package import InputSpec, PackageRecord, Runtime, isa_flags
+
+    here = Runtime.here()
+    record = PackageRecord(dtype=dtype, torch=here.torch, torch_git=here.torch_git,
+                           cpu_flags=isa_flags(here.cpu_flags), build_cpu="test", vec_isa="",
+                           min_batch=1, max_batch=4, inputs=(InputSpec((8,), "float32"),),
+                           example_digest="x", reference=((0.0,),), package_bytes=3)
+    (folder / f"aot-{dtype}.json").write_text(record.to_json())
+    if with_package:
+        (folder / f"aot-{dtype}.pt2").write_bytes(b"pt2")
+
+
+def test_aot_inspect_takes_a_record_or_a_folder_of_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    aot_record(tmp_path, "fp32", with_package=True)
+    assert main(["aot", "inspect", str(tmp_path / "aot-fp32.json")]) == 0
+    assert "aot-fp32.json: runs here" in capsys.readouterr().out
+    aot_record(tmp_path, "int8", with_package=False)
+    assert main(["aot", "inspect", str(tmp_path)]) == 1  # one of them cannot run
+    out = capsys.readouterr().out
+    assert "aot-fp32.json: runs here" in out
+    assert "aot-int8.json: cannot run here: aot-int8.pt2 is not beside the record" in out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["aot", "inspect", str(empty)]) == 2
+    assert "a folder without aot-<dtype>.json records" in capsys.readouterr().err
