@@ -232,7 +232,12 @@ def int8_module(eager: nn.Module, calibration: ModelInputs, channels_last: bool,
     """The int8 model the worker's int8 step would build (conv nets: the PT2E q/dq model,
     same calibration, same gate for the sensitivity search; others: dynamic int8), and what
     the record says of it."""
-    with torch.no_grad():
+    if not has_convolutions(eager):
+        started = time.perf_counter()
+        model, how = quantize_dynamic(eager)
+        return model, {"activation_bits": None, "fp32_modules": (), "int8_flags": (),
+                       "note": how, "quantize_seconds": round(time.perf_counter() - started, 1)}
+    with torch.no_grad():  # the sensitivity search's reference
         expected = torch.cat([eager(*tuple(x[i:i + 8] for x in calibration)).float()
                               for i in range(0, calibration[0].shape[0], 8)])
 
@@ -240,11 +245,6 @@ def int8_module(eager: nn.Module, calibration: ModelInputs, channels_last: bool,
         agreement = compare(expected[index], output, judge_thresholds)
         return agreement.passed, agreement.mean_cosine, agreement.failures
 
-    if not has_convolutions(eager):
-        started = time.perf_counter()
-        model, how = quantize_dynamic(eager)
-        return model, {"activation_bits": None, "fp32_modules": (), "int8_flags": (),
-                       "note": how, "quantize_seconds": round(time.perf_counter() - started, 1)}
     result = quantize_conv_net(eager, calibration, default_activation_bits(), judge,
                                channels_last)
     here = this_cpu().flags
