@@ -3,7 +3,8 @@
 The rule, in order: the requested preset (at bf16 first when asked), then the same at
 fp32, then its fallbacks, then eager fp32, which always works. A candidate is kept only if
 it builds, runs and agrees with eager on the example inputs; every rejection is logged with
-its reason. `auto` builds every preset of its order and keeps the fastest that agrees. The
+its reason. `optimize: auto` builds every preset of its order and keeps the fastest that
+agrees; `dtype: auto` times the first reduced precision that passes against fp32. The
 presets, fallbacks and auto order are handlers.pipeline's vocabulary.
 """
 
@@ -118,6 +119,20 @@ def thresholds_for(plan: StepPlan, settings: HandlerSettings, classifies: bool) 
         thresholds, min_topk_agreement=0.0, min_confident_agreement=0.0, min_top1_in_top5=0.0)
 
 
+def int8_package_owner(model_dir: Path | None, host_folder: Path | None) -> str | None:
+    """Whose int8 package there is ("the archive's", "this host's"), None without one."""
+    if model_dir is not None and (model_dir / "aot-int8.json").exists():
+        return "the archive's"
+    if host_folder is not None and (host_folder / "aot-int8.json").exists():
+        return "this host's"
+    return None
+
+
+def first_reduced(accepted: list[tuple[StepPlan, Stage, Agreement]]) -> StepPlan | None:
+    """The first bf16 or int8 plan that passed, if any."""
+    return next((plan for plan, _, _ in accepted if plan.reduced), None)
+
+
 def time_stage(stage: Stage, example: ModelInputs, iterations: int = 5) -> float:
     """Median milliseconds per call after two warm-up calls."""
     for _ in range(2):
@@ -207,8 +222,9 @@ def optimize(
 
     `model` is the eager model or a function loading it, called only when a candidate
     needs it; `model_dir` is the unpacked archive (where aot packages are); `decision` what
-    this CPU runs of the requested dtype. With `dtype: auto` every precision the CPU runs is
-    built, up to the first fp32 plan that agrees, and the fastest that agrees serves.
+    this CPU runs of the requested dtype. With `dtype: auto` the precisions the CPU runs are
+    built fastest unit first, up to the first reduced one that passes the gate, then fp32 up
+    to the first plan that agrees; the faster of the two serves.
     `activation_bits` overrides the decision's int8 activation width (studies, tests);
     `int8_packages` is where this host keeps the archive's int8 package when the archive has
     none (handlers.archive.host_cache)."""
@@ -227,13 +243,21 @@ def optimize(
     accepted: list[tuple[StepPlan, Stage, Agreement]] = []
     tried: list[Tried] = []
     for plan in candidate_plans(settings, decision, int8_packages is not None):
+        passed = first_reduced(accepted) if settings.dtype == "auto" else None
+        if plan.reduced and passed is not None:
+            # candidates come fastest unit first: a later reduced precision would only cost
+            # its build (a second int8, a bf16: 20-50 s) and lose the timing to this one
+            rejected.append(f"{plan.describe()} not built: {passed.describe()} passed first "
+                            "and runs on this CPU's faster units")
+            log.info("optimizer: %s", rejected[-1])
+            continue
         # oneDNN Graph fusion is process-wide: off unless this plan's step turns it on
         # (optimize_for_inference graphs fail with it; IPEX plans skip it).
         set_onednn_graph(False)
-        if plan == INT8_PLAN and model_dir is not None and (model_dir / "aot-int8.json").exists():
+        if plan == INT8_PLAN and (packaged := int8_package_owner(model_dir, int8_packages)):
             # its package was refused here (the line above says why); quantizing at every
             # worker start instead costs 22-149 s (benchmarks/results/precision/)
-            rejected.append(f"{plan.describe()} skipped: the archive's int8 package cannot "
+            rejected.append(f"{plan.describe()} skipped: {packaged} int8 package cannot "
                             "serve here; not quantizing at worker start")
             log.warning("optimizer: %s", rejected[-1])
             continue

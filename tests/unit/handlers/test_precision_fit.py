@@ -83,9 +83,27 @@ def test_int8_gets_the_activation_width_the_cpu_computes_exactly(
     assert seen == [bits]
 
 
-def test_auto_serves_the_fastest_precision_that_passes() -> None:
+def test_auto_serves_the_faster_of_the_first_passing_reduced_and_fp32() -> None:
     chosen = optimize(net(), EXAMPLE, parse_settings({"dtype": "auto", "optimize": "eager"}),
                       NO_IPEX, classifies=True, decision=decide("auto", saved_facts("zen4")))
-    # every precision the CPU runs was built and judged, the winner timed against the others
-    assert {t.plan.describe() for t in chosen.tried} >= {"eager[eager] bf16", "eager[eager]"}
-    assert len(chosen.timings_ms) >= 2 and chosen.dtype in ("int8", "bf16", "fp32")
+    built = [t.plan.describe() for t in chosen.tried]
+    # int8 passed first: bf16, a slower unit, is not built; int8 is timed against fp32
+    assert built == ["quantized[int8] int8", "eager[eager]"]
+    assert any("eager[eager] bf16 not built: quantized[int8] int8 passed first" in line
+               for line in chosen.rejected)
+    assert [name for name, _ in chosen.timings_ms] == built
+    assert chosen.dtype in ("int8", "fp32")
+
+
+def test_auto_builds_bf16_when_int8_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_int8(stage: steps.Stage, ctx: steps.StepContext) -> steps.Stage:
+        raise steps.StepError("stand-in: this model does not quantize")
+
+    from torchserve_cpu.handlers.optimize import pipeline
+    monkeypatch.setitem(pipeline.STEPS, "int8", pipeline.Step(failing_int8, copies_module=True))
+    chosen = optimize(net(), EXAMPLE, parse_settings({"dtype": "auto", "optimize": "eager"}),
+                      NO_IPEX, classifies=True, decision=decide("auto", saved_facts("zen4")))
+    assert [(t.plan.describe(), t.outcome) for t in chosen.tried] == [
+        ("quantized[int8] int8", "failed"), ("eager[eager] bf16", "accepted"),
+        ("eager[eager]", "accepted")]
+    assert len(chosen.timings_ms) == 2 and chosen.dtype in ("bf16", "fp32")
