@@ -60,9 +60,9 @@ def picture(index: int) -> bytes:
     return out.getvalue()
 
 
-def build(work: Path, store: Path) -> Path:
+def build(work: Path, store: Path, top_lines: tuple[str, ...] = ()) -> Path:
     (work / "model.py").write_text(MODEL)
-    lines = ["minWorkers: 1", "maxWorkers: 2", "handler:"]
+    lines = ["minWorkers: 1", "maxWorkers: 2", *top_lines, "handler:"]
     lines += [f"  {key}: {value}" for key, value in HANDLER.items()]
     (work / "model-config.yaml").write_text("\n".join(lines) + "\n")
     calibration = work / "inputs" / "calibration"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -61,8 +64,10 @@ def test_built_once_then_every_worker_hits(tmp_path: Path,
 
     monkeypatch.setattr(host_cache, "build_packages", build)
     model_dir = archive(tmp_path / "a")
-    first = host_int8_package(model_dir, {}, {"dtype": "int8"}, SETTINGS, tmp_path / "cache")
-    second = host_int8_package(model_dir, {}, {"dtype": "int8"}, SETTINGS, tmp_path / "cache")
+    first = host_int8_package(model_dir, {}, {"dtype": "int8"}, SETTINGS, tmp_path / "cache",
+                              builder=None)
+    second = host_int8_package(model_dir, {}, {"dtype": "int8"}, SETTINGS, tmp_path / "cache",
+                               builder=None)
     assert (first.outcome, second.outcome) == ("miss", "hit") and len(builds) == 1
     assert first.folder == second.folder and (first.folder / "aot-int8.pt2").exists()
 
@@ -73,7 +78,74 @@ def test_a_failed_build_leaves_nothing_and_says_why(tmp_path: Path,
         raise RuntimeError("no C++ compiler")
 
     monkeypatch.setattr(host_cache, "build_packages", build)
-    found = host_int8_package(archive(tmp_path / "a"), {}, {}, SETTINGS, tmp_path / "cache")
+    model_dir = archive(tmp_path / "a")
+    found = host_int8_package(model_dir, {}, {}, SETTINGS, tmp_path / "cache", builder=None)
     assert found.folder is None and found.outcome == "failed"
     assert "no C++ compiler" in found.detail
     assert not [p for p in (tmp_path / "cache" / "int8").iterdir() if p.is_dir()]
+    # remembered: the next worker is told at once, not made to fail the build again
+    again = host_int8_package(model_dir, {}, {}, SETTINGS, tmp_path / "cache", builder=None)
+    assert again.outcome == "failed" and "no C++ compiler" in again.detail
+    assert "delete" in again.detail
+
+
+#: a stand-in builder child: counts its runs, waits, then writes a package or fails
+STAND_IN = """
+import json, sys, time
+from pathlib import Path
+request = json.loads(sys.argv[-1])
+folder = Path(request["folder"])
+with open(folder.parent / "runs", "a") as runs:
+    runs.write("run\\n")
+time.sleep(float(sys.argv[1]))
+if sys.argv[2] == "fail":
+    raise SystemExit(3)
+folder.mkdir()
+(folder / "aot-int8.json").write_text("{}")
+(folder / "aot-int8.pt2").write_bytes(b"pt2")
+"""
+
+WORKER = """
+import sys
+from pathlib import Path
+from torchserve_cpu.handlers.archive.host_cache import host_int8_package
+from torchserve_cpu.handlers.model_config import parse_settings
+host_int8_package(Path(sys.argv[1]), {}, {"dtype": "int8"}, parse_settings({"dtype": "int8"}),
+                  Path(sys.argv[2]), builder=[sys.executable, sys.argv[3], "3", "ok"])
+"""
+
+
+def stand_in(tmp_path: Path, seconds: float, outcome: str) -> list[str]:
+    script = tmp_path / "builder.py"
+    script.write_text(STAND_IN)
+    return [sys.executable, str(script), str(seconds), outcome]
+
+
+def test_a_killed_worker_leaves_its_build_running_and_the_next_one_waits(
+        tmp_path: Path) -> None:
+    model_dir, cache = archive(tmp_path / "a"), tmp_path / "cache"
+    builder = stand_in(tmp_path, 3, "ok")
+    worker = subprocess.Popen([sys.executable, "-c", WORKER, str(model_dir), str(cache),
+                               builder[1]], cwd=Path(__file__).resolve().parents[3])
+    runs = cache / "int8" / "runs"
+    deadline = time.monotonic() + 30
+    while not runs.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert runs.exists(), "the worker never started its builder"
+    worker.kill()  # TorchServe's startup timeout, mid-build
+    worker.wait()
+    started = time.monotonic()
+    found = host_int8_package(model_dir, {}, {"dtype": "int8"}, SETTINGS, cache,
+                              builder=builder)
+    assert found.outcome == "hit" and (found.folder / "aot-int8.pt2").exists()
+    assert runs.read_text().count("run") == 1  # waited for the build, did not start another
+    assert time.monotonic() - started > 0.5
+
+
+def test_a_builder_that_fails_is_reported_and_remembered(tmp_path: Path) -> None:
+    model_dir, cache = archive(tmp_path / "a"), tmp_path / "cache"
+    builder = stand_in(tmp_path, 0, "fail")
+    found = host_int8_package(model_dir, {}, {}, SETTINGS, cache, builder=builder)
+    assert found.outcome == "failed" and "exited with 3" in found.detail
+    again = host_int8_package(model_dir, {}, {}, SETTINGS, cache, builder=builder)
+    assert again.outcome == "failed" and (cache / "int8" / "runs").read_text().count("run") == 1
