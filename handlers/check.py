@@ -207,15 +207,36 @@ def check_folder(folder: Path, config_file: Path | None = None,
         return CheckReport((f"building the served model failed: {error_summary(error)}",),
                            summary)
     chosen = served.model
+    load_s = round(time.perf_counter() - started, 2)
     summary.update(
         pipeline=chosen.plan.describe(), dtype=chosen.dtype, ipex=served.ipex.reason,
         gate={"cosine": round(chosen.agreement.cosine, 6),
               "max_abs_diff": float(f"{chosen.agreement.max_abs_diff:.3g}"),
               "topk_agreement": round(chosen.agreement.topk_agreement, 4)},
         rejected=list(chosen.rejected), notes=list(chosen.stage.notes),
-        load_s=round(time.perf_counter() - started, 2),
+        load_s=load_s,
     )
-    return CheckReport(tuple(served.warnings), summary)
+    return CheckReport((*served.warnings, *startup_problems(config, load_s)), summary)
+
+
+#: TorchServe's default for a worker's load (config.properties `default_startup_timeout`)
+STARTUP_TIMEOUT_S = 120
+
+
+def startup_problems(config: Mapping[str, object], load_s: float) -> list[str]:
+    """A load slower than TorchServe allows: it kills the worker and retries (a first int8
+    build on a busy core: 97-120 s)."""
+    timeout = config.get("startupTimeout")
+    limit = timeout if isinstance(timeout, int) and not isinstance(timeout, bool) \
+        else STARTUP_TIMEOUT_S
+    if load_s <= limit:
+        return []
+    where = "model-config.yaml startupTimeout" if limit == timeout else \
+        "TorchServe's default startupTimeout (unless config.properties sets " \
+        "default_startup_timeout)"
+    return [f"loading took {load_s:.0f} s here, longer than the {limit} s of {where}: "
+            "TorchServe kills the worker and starts another; raise startupTimeout in "
+            "model-config.yaml, or build the packages ahead with `torchserve-cpu aot build`"]
 
 
 def render(report: CheckReport, name: str) -> str:

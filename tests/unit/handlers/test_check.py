@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from tests.support.tiny_archive import TABULAR_CONFIG, TABULAR_MODEL, TINY_MODEL, archive_model
+from torchserve_cpu.handlers import check
 from torchserve_cpu.handlers.check import check_path
 from torchserve_cpu.launcher.cli import main
 from torchserve_cpu.launcher.resources import HANDLER_FILE
@@ -182,3 +183,14 @@ def test_an_archive_of_another_handler(tmp_path: Path) -> None:
         "model.py": TINY_MODEL.encode(), "weights.pt": state_bytes(TINY_MODEL, tmp_path),
         "model-config.yaml": config(image_size=16, resize_size=16)}, handler="stock.py"))
     assert report.problems[0].startswith("handler stock.py is not torchserve-cpu's handler")
+
+
+def test_a_load_slower_than_torchserve_allows_is_a_problem_naming_the_setting() -> None:
+    assert check.startup_problems({}, 119.0) == []
+    [default] = check.startup_problems({}, 130.0)
+    assert "longer than the 120 s of TorchServe's default startupTimeout" in default
+    assert "torchserve-cpu aot build" in default
+    assert check.startup_problems({"startupTimeout": 600}, 130.0) == []
+    [own] = check.startup_problems({"startupTimeout": 30}, 31.0)
+    assert "the 30 s of model-config.yaml startupTimeout" in own
+    assert check.startup_problems({"startupTimeout": "soon"}, 100.0) == []  # not an int: 120
