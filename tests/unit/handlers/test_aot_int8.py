@@ -191,3 +191,26 @@ def test_a_refused_int8_package_is_not_rebuilt_at_start(
     assert chosen.plan.describe() == "aot[aot]"
     assert "8-bit int8 activations need" in chosen.rejected[0]
     assert "not quantizing at worker start" in chosen.rejected[1]
+
+
+def test_auto_times_every_package_the_archive_carries_and_builds_nothing(
+        archive: Path) -> None:
+    """Packages cost milliseconds: auto loads int8, bf16 and fp32 and times them all, but
+    never quantizes at start once the int8 package has passed."""
+    eager = Stand().eval()
+    with torch.no_grad():
+        on_example = eager(*EXAMPLE)
+    (archive / "aot-bf16.pt2").write_bytes(b"pt2")
+    (archive / "aot-bf16.json").write_text(dataclasses.replace(
+        int8_record(cpu_flags=("avx2",)), dtype="bf16", activation_bits=None, int8_flags=(),
+        reference_inputs="example", example_digest=example_digest(EXAMPLE),
+        reference=tuple(tuple(r) for r in on_example.tolist())).to_json())
+    settings = parse_settings({"optimize": "aot", "dtype": "auto"})
+    chosen = optimize(must_not_load, EXAMPLE, settings, NO_IPEX, True, archive, check=Check(),
+                      decision=decide("auto", saved_facts("sapphire_rapids")))
+    assert [t.plan.describe() for t in chosen.tried] == [
+        "aot[aot] int8", "aot[aot] bf16", "aot[aot]"]
+    assert [name for name, _ in chosen.timings_ms] == [
+        "aot[aot] int8", "aot[aot] bf16", "aot[aot]"]
+    assert any(line.startswith("quantized[int8] int8 not built: aot[aot] int8 passed first")
+               for line in chosen.rejected)
