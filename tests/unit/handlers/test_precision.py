@@ -31,6 +31,7 @@ def served(name: str, requested: str) -> list[tuple[str, int | None]]:
 @pytest.mark.parametrize(("name", "bf16", "int8"), [
     ("zen3", (), ()),
     ("zen4", ("avx512_bf16",), ("avx512_vnni",)),
+    ("zen5", ("avx512_bf16",), ("avx512_vnni", "avx_vnni")),
     ("sapphire_rapids", ("avx512_bf16", "amx_bf16"), ("amx_int8", "avx512_vnni", "avx_vnni")),
     ("graviton3", ("bf16",), ("i8mm", "asimddp")),
 ])
@@ -64,6 +65,8 @@ def test_capabilities_agree_with_what_torch_reports_there(name: str) -> None:
     ("zen4", "bf16", [("bf16", None)]),
     ("zen4", "int8", [("int8", 8)]),
     ("zen4", "auto", [("int8", 8), ("bf16", None), ("fp32", None)]),
+    ("zen5", "bf16", [("bf16", None)]),
+    ("zen5", "auto", [("int8", 8), ("bf16", None), ("fp32", None)]),
     ("sapphire_rapids", "bf16", [("bf16", None)]),
     ("sapphire_rapids", "int8", [("int8", 8)]),
     ("sapphire_rapids", "auto", [("int8", 8), ("bf16", None), ("fp32", None)]),

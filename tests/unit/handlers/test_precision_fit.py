@@ -41,6 +41,7 @@ def test_bf16_on_a_cpu_without_bf16_units_plans_fp32_only() -> None:
 @pytest.mark.parametrize(("cpu", "expected"), [
     ("zen3", ["int8", "fp32"]),
     ("zen4", ["int8", "bf16", "fp32"]),
+    ("zen5", ["int8", "bf16", "fp32"]),
     ("sapphire_rapids", ["int8", "bf16", "fp32"]),
     ("graviton3", ["int8", "bf16", "fp32"]),
 ])
@@ -67,7 +68,8 @@ def test_a_refused_bf16_costs_no_build_and_says_why(monkeypatch: pytest.MonkeyPa
     assert time.perf_counter() - started < 30  # one fp32 build, never a bf16 one
 
 
-@pytest.mark.parametrize(("cpu", "bits"), [("zen3", 7), ("zen4", 8), ("sapphire_rapids", 8)])
+@pytest.mark.parametrize(("cpu", "bits"), [("zen3", 7), ("zen4", 8), ("zen5", 8),
+                                                   ("sapphire_rapids", 8)])
 def test_int8_gets_the_activation_width_the_cpu_computes_exactly(
         cpu: str, bits: int, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[int] = []
