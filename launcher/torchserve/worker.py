@@ -11,7 +11,11 @@ restart:
   worker never sits on another's cores;
 - the thread that runs inference re-applies what only it can change (OpenMP's thread
   count is per thread; so is set_mempolicy) in `refresh()` before each batch, whose
-  cost when nothing changed is one stat() of the registry file.
+  cost when nothing changed is one stat() of the registry file;
+- a change found by the watcher while that thread is busy elsewhere (loading the model:
+  workers started together re-seat each other within milliseconds) is handed to it with
+  a signal (NUDGE_SIGNAL), whose Python handler runs `refresh()` on it at once: loads ran
+  with 2 OpenMP threads spinning on 1 core until the first batch, 211 s instead of 2.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import atexit
 import logging
 import os
 import select
+import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -53,6 +58,8 @@ from torchserve_cpu.launcher.torchserve.tsconfig import CONFIG_ENV, find_config,
 
 log = logging.getLogger(__name__)
 
+#: the watcher's call to the inference (main) thread: re-apply the seat now
+NUDGE_SIGNAL = signal.SIGUSR2
 WATCH_INTERVAL = 0.1  # seconds between the watcher's stat() of the registry
 SWEEP_INTERVAL = 2.0  # seconds between liveness sweeps when no pidfd is available
 
@@ -134,9 +141,11 @@ class PinnedWorker:
         # python): once re-parented, this worker is winding down and must not rejoin
         self._parent = os.getppid()
         self.placement: WorkerPlacement
+        self._nudges = False
         # read the seat back from the file, not `entry`: a worker that joined after this
         # one's join returned has already moved it, and that write is in the stamp
         self._sync(inference_thread=True)
+        self._nudges = self._install_nudge()
 
     # -- the inference thread ----------------------------------------------------------
 
@@ -147,6 +156,36 @@ class PinnedWorker:
         self._sync(inference_thread=True)
 
     # -- both threads ------------------------------------------------------------------
+
+    def _install_nudge(self) -> bool:
+        """Let the watcher reach the inference thread (this one, the main thread) between
+        two of its Python steps; False where the signal is someone else's."""
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        current = signal.getsignal(NUDGE_SIGNAL)
+        ours = isinstance(getattr(current, "__self__", None), PinnedWorker)
+        if current not in (signal.SIG_DFL, None) and not ours:
+            log.info("launcher: %s has a handler already: re-balances found while loading "
+                     "wait for the first batch", NUDGE_SIGNAL.name)
+            return False
+        signal.signal(NUDGE_SIGNAL, self._on_nudge)
+        return True
+
+    def _on_nudge(self, signum: int, frame: object) -> None:
+        # The lock taken means the inference thread was interrupted holding it (it would
+        # wait for itself) or the watcher is in a _sync that nudges again if still needed.
+        if not self._lock.acquire(blocking=False):
+            return
+        self._lock.release()
+        try:
+            before = self._threads_applied
+            self.refresh()
+            if self._threads_applied != before:
+                log.info("launcher: %s worker %d applied its re-balance between two steps: "
+                         "threads %d -> %d", self.model, self.key[0], before,
+                         self._threads_applied)
+        except Exception:  # raised here it would surface in whatever the thread was doing
+            log.exception("launcher: applying a re-balance while loading")
 
     def _sync(self, inference_thread: bool) -> None:
         """Follow the registry: read this worker's seat, decide what changed, apply it."""
@@ -162,6 +201,7 @@ class PinnedWorker:
             change = seat_change(self._entry, self._threads_applied, entry, inference_thread)
             self._apply(change, entry)
             self._announce_departures(state.departed)
+            pending = self._threads_applied != entry.threads  # left to the inference thread
         if change.rethread:
             # Our own write changes the stamp too, and is left to look like a change (one
             # more read): a stamp taken after it may already be another worker's write,
@@ -171,6 +211,8 @@ class PinnedWorker:
         note = sharing_note(entry, state.entries)
         if note:
             log.warning("launcher: %s", note)
+        if pending and not inference_thread and self._nudges:
+            os.kill(os.getpid(), NUDGE_SIGNAL)
 
     def _apply(self, change: SeatChange, entry: Entry) -> None:
         """Every side effect of taking `entry` (called under the lock)."""

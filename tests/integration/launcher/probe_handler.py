@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from torchserve_cpu.launcher.torchserve.worker import pin_current_worker
 
@@ -17,7 +18,15 @@ class ProbeHandler:
         self.initialized = False
 
     def initialize(self, context) -> None:
+        import torch
+
         self.pinned = pin_current_worker(context.manifest["model"]["modelName"])
+        # a load of $TSCPU_PROBE_LOAD_S seconds of Python steps, as building a model is:
+        # workers started together re-seat each other meanwhile
+        deadline = time.monotonic() + float(os.environ.get("TSCPU_PROBE_LOAD_S", "0"))
+        while time.monotonic() < deadline:
+            sum(range(1000))
+        self.threads_at_ready = torch.get_num_threads()
         self.initialized = True
 
     def handle(self, data, context) -> list[str]:
@@ -29,6 +38,7 @@ class ProbeHandler:
         report = {
             "pid": os.getpid(),
             "threads": torch.get_num_threads(),
+            "threads_at_ready": self.threads_at_ready,
             "affinity": sorted(os.sched_getaffinity(0)),
             "placement": None if placement is None else placement.describe(),
             "allocator": None if placement is None else placement.allocator,

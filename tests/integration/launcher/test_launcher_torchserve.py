@@ -34,9 +34,9 @@ def jemalloc_server(probe_store: Path, tmp_path_factory: pytest.TempPathFactory)
         cpu_launcher_args="--enable_jemalloc",
         default_workers_per_model="2",
     )
-    handle, prepared = server.start_with_launcher(
-        config, probe_store, run_dir=directory / "run", extra_env=env_with_registry(registry)
-    )
+    env = {**env_with_registry(registry), "TSCPU_PROBE_LOAD_S": "3"}  # loads overlap
+    handle, prepared = server.start_with_launcher(config, probe_store, run_dir=directory / "run",
+                                                  extra_env=env)
     try:
         handle.wait_ready(["probe"], timeout=180)
         yield handle, prepared, registry
@@ -60,6 +60,9 @@ def test_two_workers_get_disjoint_cpus_and_matching_threads(jemalloc_server) -> 
             break
     for answer in seen.values():
         assert answer["threads"] == len(answer["affinity"]) == 1
+        # the worker seated first (both cores, 2 threads) and re-seated by its neighbour
+        # while loading applied 1 thread during the load, not at its first batch
+        assert answer["threads_at_ready"] == 1, answer
         assert set(answer["affinity"]) == allowed_list(answer["pid"])
         assert answer["placement"].startswith(f"cores={answer['affinity'][0]} node=0 threads=1")
 

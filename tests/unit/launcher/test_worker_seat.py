@@ -4,6 +4,10 @@ parent is gone not rejoining."""
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -107,10 +111,33 @@ def test_a_seat_moved_while_idle_shows_its_new_cores_and_threads_at_once(
     heard: list[tuple[tuple[int, ...], int]] = []
     pinned.on_placement(lambda placement: heard.append((placement.cpus, placement.threads)))
     registry.join(11, 1, "b", 99, pool(2))  # a second worker: this one shrinks to one core
-    pinned._sync(inference_thread=False)  # the watcher thread's view: no threads applied
-    assert heard == [((0, 1), 2), ((0,), 1)] and applied == [2]
-    pinned.refresh()  # the next batch applies them
+    pinned._sync(inference_thread=False)  # the watcher thread's view, then its nudge
+    assert heard == [((0, 1), 2), ((0,), 1)] and applied == [2, 1]
+    pinned.refresh()  # nothing left for the next batch
     assert applied == [2, 1] and heard[-1] == ((0,), 1)
+
+
+def test_a_re_balance_found_while_loading_reaches_the_loading_thread(
+        tmp_path: Path, applied: list[int]) -> None:
+    """Workers started together re-seat each other during their loads: the watcher's
+    signal makes the busy main thread apply 1 thread at once, not at the first batch (a
+    load ran with 2 OpenMP threads on 1 core for 211 s instead of 2)."""
+    registry, pinned = seated(tmp_path)
+    registry.join(11, 1, "b", 99, pool(2))
+    watcher = threading.Thread(target=pinned._sync, kwargs={"inference_thread": False})
+    watcher.start()
+    deadline = time.monotonic() + 10
+    while applied[-1] != 1 and time.monotonic() < deadline:
+        sum(range(1000))  # the load: Python steps between which the handler can run
+    watcher.join()
+    assert applied == [2, 1] and pinned.placement.cpus == (0,)
+
+
+@pytest.fixture(autouse=True)
+def default_nudge_handler() -> Iterator[None]:
+    """Each PinnedWorker here installs its handler: leave the process as it was."""
+    yield
+    signal.signal(worker.NUDGE_SIGNAL, signal.SIG_DFL)
 
 
 def test_workers_of_this_torchserve_that_leave_are_announced_once_as_they_last_sat(
