@@ -138,11 +138,12 @@ class OptimizingHandler(BaseHandler):
         """The ready line README documents, then the same facts as a record for programs."""
         log.info(
             "ready model=%s pipeline=%s ipex=%s dtype=%s load=%.1fs intra_op_threads=%d "
-            "affinity=%s placement=%s notes=%s rejected=%s",
+            "affinity=%s placement=%s notes=%s rejected=%s%s",
             record.model, record.pipeline, record.ipex, record.dtype, record.load_s,
             record.intra_op_threads, format_cpulist(record.affinity),
             self.pinned.placement.describe() if self.pinned else "none",
             list(record.notes), list(record.rejected),
+            f" timed_ms={record.timings_ms}" if record.timings_ms else "",
         )
         log.info("%s", record_line(record))
 
@@ -291,6 +292,7 @@ def ready_record(model_name: str, served: ServedModel, load_s: float,
         requested_dtype=served.settings.dtype,
         precision=precision_note(served.precision, chosen.dtype),
         cpu=cpu_summary(served.cpu),
+        timings_ms={name: round(ms, 2) for name, ms in chosen.timings_ms},
     )
 
 

@@ -10,7 +10,7 @@ nothing heavy, so a reader needs neither torch nor TorchServe.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 RECORD_MARK = "served-model "  # followed by the JSON object, to the end of the line
 
@@ -35,6 +35,8 @@ class ServedRecord:
     requested_dtype: str = "fp32"  # handler.dtype as configured (auto included)
     precision: str = ""  # why this dtype: what the CPU runs of the request, then the gate
     cpu: dict[str, object] | None = None  # the CPU facts read: model, bf16 / int8 flags
+    #: auto: ms per call of each candidate timed on the example batch (the fastest serves)
+    timings_ms: dict[str, float] = field(default_factory=dict)
 
 
 _TUPLES = ("steps", "affinity", "notes", "rejected")

@@ -60,10 +60,11 @@ def picture(index: int) -> bytes:
     return out.getvalue()
 
 
-def build(work: Path, store: Path, top_lines: tuple[str, ...] = ()) -> Path:
+def build(work: Path, store: Path, top_lines: tuple[str, ...] = (),
+          handler: dict[str, object] | None = None) -> Path:
     (work / "model.py").write_text(MODEL)
     lines = ["minWorkers: 1", "maxWorkers: 2", *top_lines, "handler:"]
-    lines += [f"  {key}: {value}" for key, value in HANDLER.items()]
+    lines += [f"  {key}: {value}" for key, value in (handler or HANDLER).items()]
     (work / "model-config.yaml").write_text("\n".join(lines) + "\n")
     calibration = work / "inputs" / "calibration"
     calibration.mkdir(parents=True)

@@ -11,6 +11,7 @@ RECORD = ServedRecord(
     placement={"cpus": [0], "node": 0, "threads": 1, "allocator": "tcmalloc"},
     notes=("native: native (conv+bn folded)", "ipex skipped: not installed"),
     rejected=("jit[trace] failed: RuntimeError: a ... b",),
+    timings_ms={"aot[aot] int8": 31.25, "aot[aot]": 70.5},
 )
 
 
