@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from torchserve_cpu.handlers.tasks import ModelInputs
-from torchserve_cpu.launcher.host import ARM_INT8_DOT, X86_INT8_DOT, cpuinfo
+from torchserve_cpu.launcher.host import ARM_INT8_DOT, X86_INT8_DOT, cpuinfo, this_cpu
 
 SCHEMA = "torchserve-cpu-aot/1"  # bump when the meaning of a record's fields changes
 
@@ -120,11 +120,13 @@ class Runtime:
     torch: str
     torch_git: str
     cpu_flags: frozenset[str]
+    #: the flags oneDNN may use (ONEDNN_MAX_CPU_ISA hides some); None: all of cpu_flags
+    onednn_flags: frozenset[str] | None = None
 
     @classmethod
     def here(cls) -> Runtime:
         return cls(torch.__version__, torch.version.git_version or "",
-                   frozenset(cpuinfo().get("flags", "").split()))
+                   frozenset(cpuinfo().get("flags", "").split()), this_cpu().flags)
 
 
 def isa_flags(flags: frozenset[str] | set[str]) -> tuple[str, ...]:
@@ -145,13 +147,17 @@ def incompatibilities(record: PackageRecord, runtime: Runtime) -> list[str]:
     missing = [flag for flag in record.cpu_flags if flag not in runtime.cpu_flags]
     if missing:
         problems.append(f"this CPU lacks {' '.join(missing)} (built on {record.build_cpu})")
+    usable = runtime.cpu_flags if runtime.onednn_flags is None else runtime.onednn_flags
     if record.dtype == "int8" and record.activation_bits == 8 and not any(
-            flag in runtime.cpu_flags for flag in (*X86_INT8_DOT, *ARM_INT8_DOT)):
+            flag in usable for flag in (*X86_INT8_DOT, *ARM_INT8_DOT)):
         # AVX2's vpmaddubsw sums u8 x s8 pairs in saturating int16: 8-bit activations
         # overflow (EfficientNet-Lite0 on a Zen 3: worst cosine 0.60, quantize.py)
+        has = "oneDNN may use none (ONEDNN_MAX_CPU_ISA)" if any(
+            flag in runtime.cpu_flags for flag in (*X86_INT8_DOT, *ARM_INT8_DOT)) \
+            else "this CPU has none"
         problems.append(f"8-bit int8 activations need an int8 dot product "
-                        f"({' or '.join(record.int8_flags or X86_INT8_DOT)}); this CPU has "
-                        f"none (its 16-bit sums saturate)")
+                        f"({' or '.join(record.int8_flags or X86_INT8_DOT)}); {has} "
+                        f"(its 16-bit sums saturate)")
     return problems
 
 

@@ -307,5 +307,10 @@ def precision_note(decision: Decision, served: str) -> str:
 def cpu_summary(cpu: CpuFacts) -> dict[str, object]:
     """The CPU facts the precision decision read (the ready record shows them)."""
     found = capabilities(cpu)
-    return {"model": cpu.model, "arch": cpu.arch, "bf16": list(found.bf16_flags),
-            "int8_dot": list(found.int8_dot_flags), "int8_7bit": found.int8_saturating}
+    summary: dict[str, object] = {
+        "model": cpu.model, "arch": cpu.arch, "bf16": list(found.bf16_flags),
+        "int8_dot": list(found.int8_dot_flags), "int8_7bit": found.int8_saturating}
+    if cpu.isa_cap:
+        summary["onednn_max_cpu_isa"] = cpu.isa_cap
+        summary["hidden"] = sorted(cpu.hidden)
+    return summary

@@ -55,6 +55,15 @@ def _wanted(names: tuple[str, ...]) -> str:
     return " or ".join(names) if names else "nothing known on this architecture"
 
 
+def _capped(facts: CpuFacts, wanted: tuple[str, ...]) -> str:
+    """Why a unit the CPU has is not counted: the oneDNN cap hides it ("" if none is)."""
+    hidden = [name for name in wanted if name in facts.hidden]
+    if not hidden:
+        return ""
+    return f"; it has {', '.join(hidden)}, but ONEDNN_MAX_CPU_ISA={facts.isa_cap} keeps " \
+           "oneDNN from using them"
+
+
 def _fp32(reason: str) -> Choice:
     return Choice("fp32", reason)
 
@@ -65,7 +74,8 @@ def bf16_choice(facts: CpuFacts) -> Choice:
         return Choice("bf16", f"native bf16 ({', '.join(caps.bf16_flags)})")
     wanted = X86_BF16 if facts.arch == X86 else ARM_BF16 if facts.arch == ARM else ()
     return _fp32(f"bf16 requested, but this {facts.arch} CPU has no native bf16 "
-                 f"(missing {_wanted(wanted)}): serving fp32, emulated bf16 is slower")
+                 f"(missing {_wanted(wanted)}{_capped(facts, wanted)}): serving fp32, "
+                 "emulated bf16 is slower")
 
 
 def int8_choice(facts: CpuFacts) -> Choice:
@@ -74,7 +84,8 @@ def int8_choice(facts: CpuFacts) -> Choice:
         return Choice("int8", f"int8 dot products ({', '.join(caps.int8_dot_flags)}): "
                               "8-bit activations", activation_bits=8)
     if caps.int8_saturating:
-        return Choice("int8", "no VNNI/AMX (missing avx512_vnni, avx_vnni, amx_int8): AVX2's "
+        return Choice("int8", "no VNNI/AMX (missing avx512_vnni, avx_vnni, amx_int8"
+                              f"{_capped(facts, X86_INT8_DOT)}): AVX2's "
                               "vpmaddubsw sums u8 x s8 pairs in saturating 16 bits, so "
                               "activations are kept in 0..127 (reduce_range)",
                       activation_bits=7)

@@ -214,3 +214,11 @@ def test_auto_times_every_package_the_archive_carries_and_builds_nothing(
         "aot[aot] int8", "aot[aot] bf16", "aot[aot]"]
     assert any(line.startswith("quantized[int8] int8 not built: aot[aot] int8 passed first")
                for line in chosen.rejected)
+
+
+def test_an_8bit_package_is_refused_where_onednn_is_capped_below_vnni() -> None:
+    capped = dataclasses.replace(runtime_of("zen4"),
+                                 onednn_flags=saved_facts("zen4").flags - {"avx512_vnni"})
+    [problem] = incompatibilities(int8_record(cpu_flags=("avx2",)), capped)
+    assert "oneDNN may use none (ONEDNN_MAX_CPU_ISA)" in problem
+    assert incompatibilities(int8_record(7, cpu_flags=("avx2",)), capped) == []

@@ -156,3 +156,29 @@ def test_the_module_imports_only_the_standard_library_and_host_facts() -> None:
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torchserve_")
     ) else set()
     assert imported <= set(sys.stdlib_module_names) | {"__future__"}
+
+
+def zen4_root(tmp_path: Path) -> SysRoot:
+    """A root whose /proc/cpuinfo shows the saved Zen 4's flags."""
+    (tmp_path / "proc").mkdir()
+    flags = " ".join(sorted(saved_facts("zen4").flags))
+    (tmp_path / "proc" / "cpuinfo").write_text(f"model name\t: AMD EPYC 9654\nflags\t\t: {flags}\n")
+    return SysRoot(tmp_path)
+
+
+def test_a_onednn_isa_cap_hides_the_units_above_it(tmp_path: Path) -> None:
+    """ONEDNN_MAX_CPU_ISA=AVX2 on a Zen 4: oneDNN runs neither VNNI nor AVX512-BF16, so bf16
+    is refused (the emulated one would serve) and int8 keeps 7-bit activations."""
+    root = zen4_root(tmp_path)
+    facts = read_cpu_facts(root, "x86_64", {"ONEDNN_MAX_CPU_ISA": "avx2"})
+    assert facts.isa_cap == "AVX2" and {"avx512_bf16", "avx512_vnni"} <= facts.hidden
+    bf16 = decide("bf16", facts).served
+    assert bf16.dtype == "fp32" and "ONEDNN_MAX_CPU_ISA=AVX2 keeps oneDNN from" in bf16.reason
+    assert decide("int8", facts).served.activation_bits == 7
+    vnni = read_cpu_facts(root, "x86_64", {"DNNL_MAX_CPU_ISA": "AVX512_CORE_VNNI"})
+    assert decide("int8", vnni).served.activation_bits == 8
+    assert decide("bf16", vnni).served.dtype == "fp32"
+    # no cap, or one oneDNN does not know: every flag counts
+    for environ in ({}, {"ONEDNN_MAX_CPU_ISA": "ALL"}, {"ONEDNN_MAX_CPU_ISA": "bogus"}):
+        facts = read_cpu_facts(root, "x86_64", environ)
+        assert not facts.hidden and decide("bf16", facts).served.dtype == "bf16"
