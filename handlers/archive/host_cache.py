@@ -67,8 +67,10 @@ def archive_digest(model_dir: Path) -> str:
 
 def host_key(archive: str, settings: HandlerSettings, runtime: Runtime) -> str:
     """Everything the cached package depends on (`archive`: archive_digest)."""
+    usable = runtime.cpu_flags if runtime.onednn_flags is None else runtime.onednn_flags
     parts = [BUILDER, archive, repr(settings), runtime.torch, runtime.torch_git,
-             " ".join(isa_flags(runtime.cpu_flags))]
+             " ".join(isa_flags(runtime.cpu_flags)),
+             " ".join(isa_flags(usable))]  # under ONEDNN_MAX_CPU_ISA: 7-bit int8, its own
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 

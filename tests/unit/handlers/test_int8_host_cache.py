@@ -47,7 +47,9 @@ def test_the_key_follows_settings_torch_and_cpu() -> None:
     others = [host_key("other", SETTINGS, ZEN4),
               host_key("digest", parse_settings({"dtype": "int8", "channels_last": False}), ZEN4),
               host_key("digest", SETTINGS, dataclasses.replace(ZEN4, torch="2.14.0+cpu")),
-              host_key("digest", SETTINGS, zen3)]
+              host_key("digest", SETTINGS, zen3),
+              host_key("digest", SETTINGS, dataclasses.replace(  # ONEDNN_MAX_CPU_ISA=AVX2
+                  ZEN4, onednn_flags=saved_facts("zen4").flags - {"avx512_vnni"}))]
     assert key not in others and len(set(others)) == len(others)
 
 
