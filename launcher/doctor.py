@@ -125,8 +125,10 @@ def describe_cpu(cpu: CpuFacts) -> str:
     found = capabilities(cpu)
     int8 = (", ".join(found.int8_dot_flags) if found.fast_int8
             else "7-bit activations (AVX2, no VNNI)" if found.int8_saturating else "none")
+    capped = (f" (ONEDNN_MAX_CPU_ISA={cpu.isa_cap} hides {', '.join(sorted(cpu.hidden))})"
+              if cpu.hidden else "")
     return (f"{cpu.model or cpu.arch}: native bf16 {', '.join(found.bf16_flags) or 'none'}; "
-            f"int8 dot products {int8}")
+            f"int8 dot products {int8}{capped}")
 
 
 def allocator_hints(workers: list[WorkerReport], entries: dict[int, Entry]) -> list[str]:

@@ -173,3 +173,11 @@ def test_doctor_shows_the_isa_facts_the_handler_reads(name: str, expected: str) 
     line = describe_cpu(saved_facts(name))
     assert line.endswith(expected)
     assert f"cpu: {line}" in render(Report((report(1, (0,), 1, (0,)),), (), (), line))
+
+
+def test_doctor_names_a_onednn_cap_and_what_it_hides() -> None:
+    from torchserve_cpu.launcher.host.cpu import capped
+
+    line = describe_cpu(capped(saved_facts("zen4"), "AVX2"))
+    assert "native bf16 none; int8 dot products 7-bit activations (AVX2, no VNNI)" in line
+    assert line.endswith("(ONEDNN_MAX_CPU_ISA=AVX2 hides avx512_bf16, avx512_vnni, avx512f)")
