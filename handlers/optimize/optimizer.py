@@ -123,9 +123,9 @@ def thresholds_for(plan: StepPlan, settings: HandlerSettings, classifies: bool) 
 
 def int8_package_owner(model_dir: Path | None, host_folder: Path | None) -> str | None:
     """Whose int8 package there is ("the archive's", "this host's"), None without one."""
-    if model_dir is not None and (model_dir / "aot-int8.json").exists():
+    if model_dir is not None and (model_dir / record_name("int8")).exists():
         return "the archive's"
-    if host_folder is not None and (host_folder / "aot-int8.json").exists():
+    if host_folder is not None and (host_folder / record_name("int8")).exists():
         return "this host's"
     return None
 
